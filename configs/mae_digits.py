@@ -1,0 +1,51 @@
+"""MAE on scikit-learn's handwritten digits: the bundled demo (no download).
+
+  python -m mim_jax.main --config configs/mae_digits.py --workdir runs/mae_digits
+  python -m mim_jax.main --config configs/mae_digits.py:runlocal --workdir /tmp/mae_digits_quick
+
+Hardware: 2 CPU cores (also runs on one GPU). The 8x8 grey digits (1437 train / 360 test) are
+upsampled to 16x16 and cut into 2x2 patches (64 tokens, 16 visible). At the end the run prints the
+fast-probe accuracy of the pre-trained encoder next to the same probe at random init.
+Expected: see the README's results table (measured numbers with date and machine).
+"""
+
+from mim_jax.config import base_config, parse_arg
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, runlocal=False)
+  c = base_config("mae")
+  c.dataset = "digits"
+  c.train_split = "train"
+  c.image_size = 16
+  c.data.mean = (0.5,)
+  c.data.std = (0.5,)
+  c.data.crop_scale = (0.35, 1.0)
+  c.data.flip = False  # digits are not mirror-symmetric
+  c.data.eval_crop_pct = 1.0
+  c.model.variant = "tiny_test/2"
+  c.model.width, c.model.depth, c.model.heads = 128, 4, 4
+  c.model.decoder_width, c.model.decoder_depth, c.model.decoder_heads = 64, 2, 4
+  c.model.mask_ratio = 0.75
+  c.model.norm_pix_loss = False
+  c.batch_size = 128
+  c.total_epochs = 200.0
+  c.warmup_epochs = 10.0
+  c.optimizer.blr = 1.5e-3
+  c.log_every = 100
+  c.image_every = 1000
+  c.checkpoint.every_steps = 500
+  c.probe.train_split = "train"
+  c.probe.test_split = "test"
+  c.probe.every_steps = 1000
+  c.probe.batch_size = 256
+  c.probe.pool = "mean"
+  c.probe.random_init = True
+  if arg.runlocal:
+    c.total_epochs = 4.0
+    c.warmup_epochs = 1.0
+    c.log_every = 10
+    c.image_every = 40
+    c.checkpoint.every_steps = 20
+    c.probe.every_steps = 40
+  return c

@@ -1,0 +1,184 @@
+"""Config defaults, config-file loading, command-line overrides and validation.
+
+A config file is a Python file with ``get_config(arg)``; ``arg`` is the text after ``:`` in
+``--config configs/X.py:variant=B/16,runlocal``. Config files start from ``base_config(method)``,
+which is locked: assigning a key that does not exist fails at once, naming the key.
+Overrides ``--config.a.b=value`` are checked the same way, and their values must have the type
+of the default they replace.
+"""
+
+import ast
+import difflib
+import importlib.util
+import json
+import os
+
+from ml_collections import ConfigDict
+
+
+class ConfigError(ValueError):
+  """A config file or override that cannot be used."""
+
+
+def parse_arg(arg, **defaults):
+  """'variant=B/16,runlocal' -> ConfigDict(variant='B/16', runlocal=True), over ``defaults``.
+
+  A bare word sets a boolean True; values are parsed as Python literals when possible.
+  Unknown words are an error naming them.
+  """
+  out = ConfigDict(dict(defaults))
+  for item in filter(None, (arg or "").split(",")):
+    key, eq, value = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ConfigError(f"unknown config argument {key!r}; this config accepts {sorted(defaults)}")
+    out[key] = _literal(value) if eq else True
+  return out
+
+
+def _literal(text):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def base_config(method: str = "mae") -> ConfigDict:
+  """Every key a run may set: trainer, data, optimizer, evaluators, and the method's model."""
+  from mim_jax import methods  # local import: methods import models, not config
+  c = ConfigDict()
+  c.method = method
+  c.seed = 0
+  # --- data ---
+  c.dataset = "digits"           # digits | tfds:NAME | folder:PATH
+  c.train_split = "train"
+  c.image_size = 224
+  c.data = ConfigDict(dict(
+      data_dir="", crop_scale=(0.2, 1.0), crop_ratio=(0.75, 4.0 / 3.0), flip=True,
+      eval_crop_pct=0.875, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+      shuffle_buffer=10_000, num_workers=2, prefetch=2))
+  # --- schedule and optimizer (lr = blr * batch_size / 256) ---
+  c.batch_size = 4096            # global, over all devices and hosts
+  c.total_epochs = 800.0
+  c.total_steps = 0              # > 0 overrides total_epochs
+  c.warmup_epochs = 40.0
+  c.optimizer = ConfigDict(dict(
+      blr=1.5e-4, b1=0.9, b2=0.95, weight_decay=0.05, min_lr=0.0, grad_clip_norm=0.0))
+  c.compute_dtype = "float32"    # float32 | bfloat16 (parameters stay float32)
+  # --- logging, checkpoints, images ---
+  c.log_every = 50
+  c.image_every = 5000           # PNG grid of original | masked | reconstruction
+  c.checkpoint = ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
+  # --- fast probe evaluator (evaluation.md: a cheap curve during pre-training) ---
+  c.probe = ConfigDict(dict(
+      enabled=True, every_steps=5000, train_split="train", test_split="validation",
+      train_examples=10_000, test_examples=10_000, batch_size=256, pool="cls",
+      random_init=False, l2=1e-3, max_iter=1000))
+  # --- restoring and evaluating earlier runs ---
+  c.init_from = ""               # a workdir whose checkpoint initializes the parameters
+  c.init_step = -1               # its step; -1 = latest
+  c.eval_only = False            # run the evaluators on the initial parameters and stop
+  # --- multi-host ---
+  c.distributed = ConfigDict(dict(
+      enabled=False, coordinator_address="", num_processes=0, process_id=-1))
+  c.model = methods.get(method).default_model_config()
+  c.lock()
+  return c
+
+
+def load(spec: str) -> ConfigDict:
+  """Loads ``path.py[:arg]`` by calling its ``get_config(arg)``."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path!r} not found")
+  module_spec = importlib.util.spec_from_file_location("_mim_jax_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"config file {path!r} has no get_config(arg)")
+  try:
+    config = module.get_config(arg or None)
+  except (AttributeError, KeyError) as e:
+    raise ConfigError(f"config file {path!r} sets an unknown key: {e}") from None
+  validate(config)
+  return config
+
+
+def _lookup(config, dotted):
+  node, parts = config, dotted.split(".")
+  for i, part in enumerate(parts):
+    if not isinstance(node, ConfigDict) or part not in node:
+      known = list(node.keys()) if isinstance(node, ConfigDict) else []
+      near = difflib.get_close_matches(part, known, n=1)
+      hint = f" (did you mean {'.'.join(parts[:i] + near)!r}?)" if near else ""
+      raise ConfigError(f"unknown config key {dotted!r}{hint}")
+    if i < len(parts) - 1:
+      node = node[part]
+  return node, parts[-1]
+
+
+def _coerce(key, value, default):
+  """Checks ``value`` against the type of ``default``; int -> float and list -> tuple allowed."""
+  if isinstance(default, bool):
+    if isinstance(value, bool):
+      return value
+  elif isinstance(default, float):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+      return float(value)
+  elif isinstance(default, int):
+    if isinstance(value, int) and not isinstance(value, bool):
+      return value
+  elif isinstance(default, str):
+    return str(value)
+  elif isinstance(default, (tuple, list)):
+    if isinstance(value, (tuple, list)):
+      return tuple(value)
+  elif default is None:
+    return value
+  raise ConfigError(f"config key {key!r} expects {type(default).__name__} "
+                    f"(default {default!r}), got {value!r}")
+
+
+def override(config: ConfigDict, dotted: str, text: str) -> None:
+  """Applies one ``--config.dotted=text`` override."""
+  node, leaf = _lookup(config, dotted)
+  if isinstance(node[leaf], ConfigDict):
+    raise ConfigError(f"config key {dotted!r} is a group; set one of its fields "
+                      f"({', '.join(node[leaf].keys())})")
+  value = text if isinstance(node[leaf], str) else _literal(text)
+  with node.unlocked():
+    node[leaf] = _coerce(dotted, value, node[leaf])
+
+
+def validate(config: ConfigDict) -> None:
+  """Checks a loaded config against ``base_config`` of its method: no unknown keys, right types."""
+  if "method" not in config:
+    raise ConfigError("config has no 'method' key; start config files from base_config(method)")
+  from mim_jax import methods
+  if config.method not in methods.names():
+    raise ConfigError(f"unknown method {config.method!r}; known: {methods.names()}")
+  reference = base_config(config.method)
+
+  def walk(node, ref, prefix):
+    for key in node.keys():
+      name = prefix + key
+      if key not in ref:
+        raise ConfigError(f"unknown config key {name!r}")
+      if isinstance(ref[key], ConfigDict):
+        if not isinstance(node[key], ConfigDict):
+          raise ConfigError(f"config key {name!r} must be a group")
+        walk(node[key], ref[key], name + ".")
+      else:
+        _coerce(name, node[key], ref[key])
+  walk(config, reference, "")
+
+
+def save(config: ConfigDict, workdir: str) -> str:
+  """Writes the resolved config as JSON (atomically) and returns its path."""
+  path = os.path.join(workdir, "config.json")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+  return path
+

@@ -1,0 +1,99 @@
+"""Turning host-local numpy batches into global, sharded jax.Arrays ahead of time."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import jax
+import numpy as np
+
+_ITEM, _END, _ERROR = "item", "end", "error"
+
+
+def _put(out: queue.Queue, stop: threading.Event, item) -> bool:
+    """Puts item unless stop is set first; True if it was put."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _fill(iterator, sharding, out: queue.Queue, stop: threading.Event) -> None:
+    """Thread body: converts batches and queues them, then an end or error marker."""
+    try:
+        for batch in iterator:
+            if stop.is_set():
+                return
+            arrays = jax.tree_util.tree_map(
+                lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+            if not _put(out, stop, (_ITEM, arrays)):
+                return
+        _put(out, stop, (_END, None))
+    except BaseException as e:  # pylint: disable=broad-except
+        _put(out, stop, (_ERROR, e))
+
+
+class DevicePrefetcher:
+    """Iterator of global ``jax.Array`` batches built in a background thread.
+
+    Each host-local numpy batch dict from ``iterator`` becomes a dict of global
+    arrays via ``jax.make_array_from_process_local_data(sharding, local)``: the
+    global batch is the concatenation of all hosts' local batches along axis 0.
+    Up to ``size`` converted batches wait in a queue. An exception raised while
+    reading or converting is re-raised by ``next()`` in the consumer.
+
+    Other attributes (``skipped_images``, ``num_batches``...) are read from the
+    wrapped iterator, so they stay available. The thread stops at the end of the
+    data, on ``close()``, or when the prefetcher is garbage collected.
+    """
+
+    def __init__(self, iterator, sharding, size: int = 2):
+        self._iterator = iterator
+        self._queue: queue.Queue = queue.Queue(maxsize=max(int(size), 1))
+        self._stop = threading.Event()
+        self._finished = False
+        # The thread gets no reference to self, so an abandoned prefetcher can be collected.
+        self._thread = threading.Thread(
+            target=_fill, args=(iterator, sharding, self._queue, self._stop),
+            name="mim-device-prefetch", daemon=True)
+        self._thread.start()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._finished:
+            raise StopIteration
+        kind, value = self._queue.get()
+        if kind == _ITEM:
+            return value
+        self._finished = True
+        if kind == _ERROR:
+            raise value
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stops the background thread (the wrapped iterator is left as it is)."""
+        stop = self.__dict__.get("_stop")
+        if stop is not None:
+            stop.set()
+
+    def __del__(self):
+        self.close()
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._iterator, name)
+
+
+def device_prefetch(iterator, sharding, size: int = 2) -> DevicePrefetcher:
+    """Wraps a host-local batch iterator into one yielding sharded global jax.Arrays.
+
+    ``sharding`` is typically ``NamedSharding(mesh, P('data'))``.
+    """
+    return DevicePrefetcher(iterator, sharding, size)

@@ -1,0 +1,1 @@
+"""Evaluators run during and after pre-training; each returns a dict of named metrics."""

@@ -1,0 +1,22 @@
+"""Reconstruction losses on patch sequences."""
+
+import jax.numpy as jnp
+
+
+def patch_targets(patches, norm_pix: bool, eps: float = 1e-6):
+  """MAE targets: the patches, or with ``norm_pix`` each patch normalized by its own mean and
+  unbiased variance: (x - mean) / sqrt(var + eps)."""
+  if not norm_pix:
+    return patches
+  mean = patches.mean(axis=-1, keepdims=True)
+  var = patches.var(axis=-1, keepdims=True, ddof=1)
+  return (patches - mean) / jnp.sqrt(var + eps)
+
+
+def masked_mse(pred, target, mask):
+  """Mean over patches where ``mask`` is 1 of the per-patch mean squared error.
+
+  pred, target: [B, L, D]; mask: [B, L] with 1 = masked (the loss is taken there only).
+  """
+  per_patch = jnp.mean(jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)), -1)
+  return jnp.sum(per_patch * mask) / jnp.maximum(jnp.sum(mask), 1.0)

@@ -1,0 +1,68 @@
+"""Metric output: TensorBoard (clu), ``metrics.jsonl`` and console progress lines.
+
+Only process 0 writes; other processes get a writer that does nothing.
+"""
+
+import json
+import logging
+import math
+import os
+
+import jax
+import numpy as np
+
+log = logging.getLogger("mim_jax")
+
+
+class MetricLogger:
+
+  def __init__(self, workdir: str):
+    self.active = jax.process_index() == 0
+    self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if self.active:
+      from clu import metric_writers  # imports tensorboard: only where needed
+      self._tb = metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, metrics: dict) -> None:
+    """One JSON object per call with ``step`` and the given scalars, plus TensorBoard scalars."""
+    if not self.active:
+      return
+    scalars = {k: float(v) for k, v in metrics.items()}
+    with open(self.jsonl_path, "a") as f:
+      f.write(json.dumps({"step": int(step), **scalars}) + "\n")
+    self._tb.write_scalars(int(step), scalars)
+    self._tb.flush()
+
+  def write_image(self, step: int, name: str, image: np.ndarray) -> None:
+    if self.active:
+      self._tb.write_images(int(step), {name: image[None]})
+      self._tb.flush()
+
+  def last_value(self, key: str):
+    """The most recent logged value of ``key`` in metrics.jsonl (e.g. after a resume)."""
+    if not os.path.exists(self.jsonl_path):
+      return None
+    value = None
+    with open(self.jsonl_path) as f:
+      for line in f:
+        value = json.loads(line).get(key, value)
+    return value
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()
+
+
+def format_duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def progress_line(step, total, loss, lr, images_per_sec, eta_s) -> str:
+  return (f"step {step}/{total} ({100.0 * step / total:.1f}%) | loss {loss:.4f} | lr {lr:.3g} | "
+          f"{images_per_sec:.1f} img/s | ETA {format_duration(eta_s)}")

@@ -1,0 +1,275 @@
+"""The generic trainer: one loop for every pre-training method.
+
+Read top to bottom: mesh | schedule and optimizer | state | step function | the run itself
+(data, restore or initialize, evaluators, loop with logging, images, checkpoints, preemption).
+A method (``mim_jax.methods``) supplies the model, its masking and its loss; nothing here is
+specific to one method.
+"""
+
+import logging
+import math
+import os
+import signal
+import time
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mim_jax import checkpoint as ckpt_lib
+from mim_jax import config as config_lib
+from mim_jax import data, methods, optim, visualize
+from mim_jax.evaluators.probe import FastProbe
+from mim_jax.metrics import MetricLogger, format_duration, progress_line
+
+log = logging.getLogger("mim_jax")
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or the gradients became NaN / inf."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Mesh: one 'data' axis over every device of every host; batches split over it, params replicated.
+# ---------------------------------------------------------------------------------------------
+def make_mesh(devices=None) -> Mesh:
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  return Mesh(devices.reshape(-1), ("data",))
+
+
+def stream_key(base_key, name: str, step):
+  """The RNG key of stream ``name`` (mask, dropout, ...) at ``step``: a resumed run redraws it."""
+  return jax.random.fold_in(jax.random.fold_in(base_key, zlib.crc32(name.encode())), step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule and optimizer.
+# ---------------------------------------------------------------------------------------------
+def schedule_for(config, num_examples: int):
+  """(lr schedule, total steps) from the config and the training split's size."""
+  steps_per_epoch = max(1, num_examples // config.batch_size)
+  total = config.total_steps or max(1, math.ceil(config.total_epochs * steps_per_epoch))
+  warmup = round(config.warmup_epochs * steps_per_epoch)
+  peak = optim.learning_rate(config.optimizer.blr, config.batch_size)
+  return optim.warmup_cosine(peak, warmup, total, config.optimizer.min_lr), total
+
+
+# ---------------------------------------------------------------------------------------------
+# State: a plain pytree {step, params, opt_state}.
+# ---------------------------------------------------------------------------------------------
+def state_initializer(method, tx, base_key):
+  def init():
+    params = method.init(stream_key(base_key, "init", 0))
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+  return init
+
+
+# ---------------------------------------------------------------------------------------------
+# Step function. A non-finite loss or gradient leaves the state as it was (and is reported by
+# the loop), so the last good state is what a checkpoint can hold.
+# ---------------------------------------------------------------------------------------------
+def make_train_step(method, tx, schedule, base_key):
+  def train_step(state, batch):
+    step = state["step"]
+    rngs = {name: stream_key(base_key, name, step) for name in method.rng_streams}
+    (loss, aux), grads = jax.value_and_grad(method.loss, has_aux=True)(
+        state["params"], batch, rngs)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    new = {"step": step + 1, "params": optax.apply_updates(state["params"], updates),
+           "opt_state": opt_state}
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+    return new, dict(aux, loss=loss, grad_norm=grad_norm, lr=schedule(step))
+  return train_step
+
+
+def jit_train_step(train_step, mesh):
+  replicated, batched = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  return jax.jit(train_step, in_shardings=(replicated, batched),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+class _Preemption:
+  """SIGTERM sets a flag; the loop saves a checkpoint and exits at the next step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    log.warning("SIGTERM received: saving a checkpoint and stopping after this step")
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run.
+# ---------------------------------------------------------------------------------------------
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Pre-trains (or, with ``eval_only``, evaluates) and returns the final metrics."""
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    config_lib.save(config, workdir)
+  mesh = make_mesh()
+  replicated, batched = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  if config.batch_size % jax.device_count():
+    raise ValueError(f"batch_size {config.batch_size} does not divide over "
+                     f"{jax.device_count()} devices")
+
+  info = data.dataset_info(config.data, config.dataset, config.train_split)
+  method = methods.get(config.method)(config, info.channels)
+  schedule, total_steps = schedule_for(config, info.num_examples)
+  tx = optim.make_optimizer(config.optimizer, schedule)
+  base_key = jax.random.key(config.seed)
+  init = state_initializer(method, tx, base_key)
+  abstract_state = ckpt_lib.abstract(jax.eval_shape(init), replicated)
+  n_params = sum(x.size for x in jax.tree.leaves(abstract_state["params"]))
+  log.info("%s on %s (%d examples, %d classes): %s parameters, %d steps of %d images, %d devices",
+           config.method, config.dataset, info.num_examples, info.num_classes,
+           f"{n_params:,}", total_steps, config.batch_size, jax.device_count())
+
+  # Restore: this workdir's latest checkpoint, else init_from's params, else a fresh init.
+  ckpt = ckpt_lib.Checkpointer(workdir, config.checkpoint.keep, config.checkpoint.async_save)
+  start = ckpt.latest_step()
+  if start is not None:
+    state = ckpt.restore(start, abstract_state)
+    state["step"] = jax.device_put(jnp.asarray(start, jnp.int32), replicated)
+    log.info("resumed from %s at step %d", ckpt.directory, start)
+  else:
+    start = 0
+    state = jax.jit(init, out_shardings=replicated)()
+    if config.init_from:
+      step, state["params"] = ckpt_lib.load_params(
+          config.init_from, abstract_state["params"], config.init_step)
+      log.info("parameters initialized from %s step %d", config.init_from, step)
+
+  writer = MetricLogger(workdir)
+  probe = FastProbe(config, method, mesh, batched) if config.probe.enabled else None
+  results = {}
+  if config.eval_only:
+    if probe is None:
+      raise ValueError("eval_only needs an evaluator: set probe.enabled=True")
+    results = probe.run(state["params"])
+    writer.write(start, results)
+    log.info("evaluation at step %d: %s", start, results)
+    ckpt.close()
+    writer.close()
+    return results
+  if probe and config.probe.random_init and start == 0 and not config.init_from:
+    t0 = time.time()
+    random_init = probe.run(state["params"], prefix="probe/random_init_")
+    writer.write(0, random_init)
+    log.info("probe of the encoder at random init: accuracy %.4f (%.1fs)",
+             random_init["probe/random_init_accuracy"], time.time() - t0)
+
+  vis_images = _visualization_batch(config, batched)
+  reconstruct = jax.jit(method.reconstruct, out_shardings=replicated)
+  step_fn = jit_train_step(make_train_step(method, tx, schedule, base_key), mesh)
+  train_it = data.train_iterator(config.data, config.dataset, config.train_split,
+                                 global_batch_size=config.batch_size,
+                                 image_size=config.image_size, seed=config.seed,
+                                 start_step=start)
+  batches = data.device_prefetch(train_it, batched, size=config.data.prefetch)
+
+  preemption = _Preemption()
+  pending = []  # (step, metrics on device) since the last check: fetched in one go
+  window_start, window_steps, excluded = None, 0, 0.0
+
+  def flush(step):
+    """Fetches pending metrics, stops on a non-finite loss, logs means and a progress line."""
+    nonlocal window_start, window_steps, excluded
+    if not pending:
+      return
+    fetched = jax.device_get([m for _, m in pending])
+    for (s, _), m in zip(pending, fetched):
+      if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+        last = ckpt.latest_step()
+        raise NonFiniteLossError(
+            f"non-finite loss ({m['loss']}) or gradient norm ({m['grad_norm']}) at step {s}; "
+            f"that update was not applied; last checkpoint: "
+            f"{'none' if last is None else f'step {last} in {ckpt.directory}'}")
+    means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+    means["lr"] = float(fetched[-1]["lr"])
+    pending.clear()
+    row = dict(means, **{"data/skipped_images": getattr(train_it, "skipped_images", 0)})
+    if window_start is not None and window_steps:
+      elapsed = time.time() - window_start - excluded
+      row["images_per_sec"] = window_steps * config.batch_size / max(elapsed, 1e-9)
+      eta = (total_steps - step) * elapsed / window_steps
+      log.info(progress_line(step, total_steps, means["loss"], means["lr"],
+                             row["images_per_sec"], eta))
+    writer.write(step, row)
+    window_start, window_steps, excluded = time.time(), 0, 0.0
+
+  def visualize_now(step):
+    cols = jax.device_get(reconstruct(state["params"], vis_images,
+                                      stream_key(base_key, "visualize", step)))
+    image = visualize.grid(cols, config.data.mean, config.data.std)
+    if writer.active:
+      os.makedirs(os.path.join(workdir, "images"), exist_ok=True)
+      visualize.save_png(image, os.path.join(workdir, "images", f"reconstruction_{step:08d}.png"))
+    writer.write_image(step, "reconstruction", image)
+
+  step = start
+  t_start = time.time()
+  try:
+    while step < total_steps:
+      state, m = step_fn(state, next(batches))
+      step += 1
+      pending.append((step, m))
+      if window_start is None:  # the first step includes compilation: time from its end
+        jax.block_until_ready(m["loss"])
+        log.info("first step done (compiled) in %s", format_duration(time.time() - t_start))
+        pending.clear()
+        window_start = time.time()
+      else:
+        window_steps += 1
+      last = step == total_steps
+      preempted = preemption.requested or (
+          jax.process_count() > 1 and ckpt.manager.reached_preemption(step))
+      if step % config.log_every == 0 or last or preempted:
+        flush(step)
+      t0 = time.time()
+      if step % config.image_every == 0 or last:
+        visualize_now(step)
+      if step % config.checkpoint.every_steps == 0 or last or preempted:
+        flush(step)
+        ckpt.save(step, state)
+      if probe and (step % config.probe.every_steps == 0 or last):
+        results = probe.run(state["params"])
+        writer.write(step, results)
+        log.info("step %d: probe accuracy %.4f", step, results["probe/accuracy"])
+      excluded += time.time() - t0
+      if preempted:
+        ckpt.wait()
+        log.warning("preempted: checkpoint of step %d saved; run again to resume", step)
+        return results
+  finally:
+    preemption.restore()
+    ckpt.close()
+    writer.close()
+
+  log.info("done: %d steps in %s", total_steps, format_duration(time.time() - t_start))
+  if probe:
+    random_init = writer.last_value("probe/random_init_accuracy")
+    if random_init is not None:
+      results["probe/random_init_accuracy"] = random_init
+      log.info("probe accuracy: pre-trained %.4f vs random init %.4f (%+.1f points)",
+               results["probe/accuracy"], random_init,
+               100 * (results["probe/accuracy"] - random_init))
+  return results
+
+
+def _visualization_batch(config, sharding):
+  """A fixed batch (8 images, rounded up to the device count) of the probe's test split."""
+  n = math.ceil(8 / jax.device_count()) * jax.device_count()
+  split = config.probe.test_split if config.probe.enabled else config.train_split
+  it = data.eval_iterator(config.data, config.dataset, split, global_batch_size=n,
+                          image_size=config.image_size, max_examples=n)
+  return next(iter(data.device_prefetch(it, sharding)))["image"]
