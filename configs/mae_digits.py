@@ -3,10 +3,16 @@
   python -m mim_jax.main --config configs/mae_digits.py --workdir runs/mae_digits
   python -m mim_jax.main --config configs/mae_digits.py:runlocal --workdir /tmp/mae_digits_quick
 
-Hardware: 2 CPU cores (also runs on one GPU). The 8x8 grey digits (1437 train / 360 test) are
-upsampled to 16x16 and cut into 2x2 patches (64 tokens, 16 visible). At the end the run prints the
-fast-probe accuracy of the pre-trained encoder next to the same probe at random init.
-Expected: see the README's results table (measured numbers with date and machine).
+Hardware: 2 CPU cores (also runs on one GPU), under 10 minutes. The 8x8 grey digits (1437 train /
+360 test) are upsampled to 16x16 and cut into 4x4 patches (16 tokens, 4 visible at mask 0.75);
+encoder 128 wide / 4 blocks, decoder 64 / 2. (With 2x2 patches each patch is one original pixel
+and reconstruction becomes interpolation: slower, and the probe gained less.)
+
+The fast probe fits a logistic regression on mean-pooled encoder features of a fixed subset of
+300 labelled training images and scores the 360 test images. Few labels on purpose: with all 1437
+labels even a random-init encoder reaches ~0.85 (raw pixels ~0.95), which hides what
+pre-training learned. At the end the run prints the probe accuracy of the pre-trained encoder next
+to the same probe at random init. Measured: README, Results.
 """
 
 from mim_jax.config import base_config, parse_arg
@@ -23,13 +29,13 @@ def get_config(arg=None):
   c.data.crop_scale = (0.35, 1.0)
   c.data.flip = False  # digits are not mirror-symmetric
   c.data.eval_crop_pct = 1.0
-  c.model.variant = "tiny_test/2"
+  c.model.variant = "tiny_test/4"
   c.model.width, c.model.depth, c.model.heads = 128, 4, 4
   c.model.decoder_width, c.model.decoder_depth, c.model.decoder_heads = 64, 2, 4
   c.model.mask_ratio = 0.75
   c.model.norm_pix_loss = False
   c.batch_size = 128
-  c.total_epochs = 200.0
+  c.total_epochs = 100.0
   c.warmup_epochs = 10.0
   c.optimizer.blr = 1.5e-3
   c.log_every = 100
@@ -37,7 +43,9 @@ def get_config(arg=None):
   c.checkpoint.every_steps = 500
   c.probe.train_split = "train"
   c.probe.test_split = "test"
-  c.probe.every_steps = 1000
+  c.probe.every_steps = 500
+  c.probe.train_examples = 300
+  c.probe.test_examples = 360
   c.probe.batch_size = 256
   c.probe.pool = "mean"
   c.probe.random_init = True

@@ -49,8 +49,9 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only,
         read_only=read_only)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("params", "opt_state"))
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={name: ocp.StandardCheckpointHandler() for name in ("params", "opt_state")})
 
   def latest_step(self):
     return self.manager.latest_step()
@@ -64,6 +65,8 @@ class Checkpointer:
 
   def _check(self, step, name, target):
     saved = self.manager.item_metadata(step)[name]
+    if saved is None:
+      raise CheckpointMismatchError(f"checkpoint {self.directory} step {step} has no {name!r}")
     check_compatible(saved, target, f"{self.directory} step {step} ({name})")
 
   def restore(self, step: int, abstract_state):

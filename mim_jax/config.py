@@ -98,8 +98,12 @@ def load(spec: str) -> ConfigDict:
     raise ConfigError(f"config file {path!r} has no get_config(arg)")
   try:
     config = module.get_config(arg or None)
+  except ConfigError:
+    raise
   except (AttributeError, KeyError) as e:
     raise ConfigError(f"config file {path!r} sets an unknown key: {e}") from None
+  except ValueError as e:
+    raise ConfigError(f"config file {path!r}: {e}") from None
   validate(config)
   return config
 

@@ -34,6 +34,14 @@ def parse(argv):
   return config, args.workdir
 
 
+def setup_logging():
+  """One timestamped line per message on stdout (replacing handlers that imports installed)."""
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(message)s",
+                      datefmt="%H:%M:%S", stream=sys.stdout, force=True)
+  for noisy in ("absl", "jax", "orbax", "tensorflow", "tensorflow_datasets"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def init_distributed(dist):
   import jax
   if dist.enabled:
@@ -43,10 +51,6 @@ def init_distributed(dist):
 
 
 def main(argv=None):
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(message)s",
-                      datefmt="%H:%M:%S", stream=sys.stdout)
-  for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
   try:
     config, workdir = parse(sys.argv[1:] if argv is None else argv)
   except config_lib.ConfigError as e:
@@ -54,6 +58,7 @@ def main(argv=None):
     return 2
   init_distributed(config.distributed)
   from mim_jax import train  # after jax.distributed: imports that touch devices come later
+  setup_logging()
   train.train_and_evaluate(config, workdir)
   return 0
 

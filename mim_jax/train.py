@@ -226,7 +226,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if window_start is None:  # the first step includes compilation: time from its end
         jax.block_until_ready(m["loss"])
         log.info("first step done (compiled) in %s", format_duration(time.time() - t_start))
-        pending.clear()
         window_start = time.time()
       else:
         window_steps += 1
@@ -252,6 +251,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         return results
   finally:
     preemption.restore()
+    batches.close()
     ckpt.close()
     writer.close()
 
