@@ -4,14 +4,11 @@ Only process 0 writes; other processes get a writer that does nothing.
 """
 
 import json
-import logging
 import math
 import os
 
 import jax
 import numpy as np
-
-log = logging.getLogger("mim_jax")
 
 
 class MetricLogger:
