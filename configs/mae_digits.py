@@ -15,22 +15,15 @@ pre-training learned. At the end the run prints the probe accuracy of the pre-tr
 to the same probe at random init. Measured: README, Results.
 """
 
+from mim_jax import recipes
 from mim_jax.config import base_config, parse_arg
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, runlocal=False)
   c = base_config("mae")
-  c.dataset = "digits"
-  c.train_split = "train"
-  c.image_size = 16
-  c.data.mean = (0.5,)
-  c.data.std = (0.5,)
-  c.data.crop_scale = (0.35, 1.0)
-  c.data.flip = False  # digits are not mirror-symmetric
-  c.data.eval_crop_pct = 1.0
-  c.model.variant = "tiny_test/4"
-  c.model.width, c.model.depth, c.model.heads = 128, 4, 4
+  recipes.digits_data(c)
+  recipes.digits_encoder(c.model)
   c.model.decoder_width, c.model.decoder_depth, c.model.decoder_heads = 64, 2, 4
   c.model.mask_ratio = 0.75
   c.model.norm_pix_loss = False
@@ -47,7 +40,7 @@ def get_config(arg=None):
   c.probe.train_examples = 300
   c.probe.test_examples = 360
   c.probe.batch_size = 256
-  c.probe.pool = "mean"
+  c.probe.pool = "avg"
   c.probe.random_init = True
   if arg.runlocal:
     c.total_epochs = 4.0

@@ -1,7 +1,8 @@
 """Checkpoints with orbax: atomic, optionally asynchronous, last N kept, resumable.
 
-A checkpoint holds two items, ``params`` and ``opt_state``, plus the step in orbax's step
-directory name. ``init_from`` restores only ``params``, so a checkpoint of one method can
+A checkpoint holds the items ``params``, ``opt_state`` and, when the method keeps one, ``extra``
+(non-trained state: BatchNorm statistics, an EMA of the weights, per-image caches), plus the step
+in orbax's step directory name. ``init_from`` restores only ``params``, so a checkpoint of one method can
 initialize another with the same encoder.
 """
 
@@ -40,6 +41,14 @@ def check_compatible(saved, target, source: str) -> None:
         f"({len(problems)} differences):\n  {shown}{more}")
 
 
+ITEMS = ("params", "opt_state", "extra")
+
+
+def _items(state):
+  """The items of ``state`` that are saved: ``extra`` only when it holds something."""
+  return [n for n in ITEMS if n != "extra" or jax.tree.leaves(state.get("extra", {}))]
+
+
 class Checkpointer:
   """Owns the workdir's checkpoint directory."""
 
@@ -51,17 +60,17 @@ class Checkpointer:
         read_only=read_only)
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
-        item_handlers={name: ocp.StandardCheckpointHandler() for name in ("params", "opt_state")})
+        item_handlers={name: ocp.StandardCheckpointHandler() for name in ITEMS})
 
   def latest_step(self):
     return self.manager.latest_step()
 
   def save(self, step: int, state) -> None:
-    """Starts saving ``state`` (a dict with params, opt_state) at ``step``; returns at once when
-    asynchronous. The step directory appears only when complete (atomic rename)."""
-    self.manager.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(state["params"]),
-        opt_state=ocp.args.StandardSave(state["opt_state"])), force=True)
+    """Starts saving ``state`` (a dict with params, opt_state and maybe extra) at ``step``;
+    returns at once when asynchronous. The step directory appears only when complete (atomic
+    rename)."""
+    self.manager.save(step, args=ocp.args.Composite(**{
+        name: ocp.args.StandardSave(state[name]) for name in _items(state)}), force=True)
 
   def _check(self, step, name, target):
     saved = self.manager.item_metadata(step)[name]
@@ -70,13 +79,13 @@ class Checkpointer:
     check_compatible(saved, target, f"{self.directory} step {step} ({name})")
 
   def restore(self, step: int, abstract_state):
-    """Restores params and optimizer state into the shardings of ``abstract_state``."""
-    for name in ("params", "opt_state"):
+    """Restores params, optimizer state (and extra) into the shardings of ``abstract_state``."""
+    names = _items(abstract_state)
+    for name in names:
       self._check(step, name, abstract_state[name])
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_state["params"]),
-        opt_state=ocp.args.StandardRestore(abstract_state["opt_state"])))
-    return {"params": restored["params"], "opt_state": restored["opt_state"]}
+    restored = self.manager.restore(step, args=ocp.args.Composite(**{
+        name: ocp.args.StandardRestore(abstract_state[name]) for name in names}))
+    return {name: restored[name] for name in names}
 
   def restore_params(self, step: int, abstract_params):
     self._check(step, "params", abstract_params)
@@ -92,19 +101,28 @@ class Checkpointer:
     self.manager.close()
 
 
-def load_params(workdir: str, abstract_params, step: int = -1):
-  """Parameters of another run's checkpoint (``config.init_from``), checked against the model."""
+def open_run(workdir: str, step: int = -1):
+  """(read-only Checkpointer, step) of another run's checkpoints; ``step`` -1 means the latest.
+  The caller closes the Checkpointer."""
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(ckpt_dir):
     raise FileNotFoundError(f"init_from: no checkpoints in {ckpt_dir!r}")
   ckpt = Checkpointer(workdir, read_only=True, async_save=False)
+  steps = ckpt.manager.all_steps()
+  if not steps:
+    ckpt.close()
+    raise FileNotFoundError(f"init_from: {ckpt_dir!r} holds no finished checkpoint")
+  step = max(steps) if step < 0 else step
+  if step not in steps:
+    ckpt.close()
+    raise FileNotFoundError(f"init_from: step {step} not in {ckpt_dir!r} (have {sorted(steps)})")
+  return ckpt, step
+
+
+def load_params(workdir: str, abstract_params, step: int = -1):
+  """Parameters of another run's checkpoint (``config.init_from``), checked against the model."""
+  ckpt, step = open_run(workdir, step)
   try:
-    steps = ckpt.manager.all_steps()
-    if not steps:
-      raise FileNotFoundError(f"init_from: {ckpt_dir!r} holds no finished checkpoint")
-    step = max(steps) if step < 0 else step
-    if step not in steps:
-      raise FileNotFoundError(f"init_from: step {step} not in {ckpt_dir!r} (have {sorted(steps)})")
     return step, ckpt.restore_params(step, abstract_params)
   finally:
     ckpt.close()

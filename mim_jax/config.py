@@ -56,14 +56,21 @@ def base_config(method: str = "mae") -> ConfigDict:
   c.data = ConfigDict(dict(
       data_dir="", crop_scale=(0.2, 1.0), crop_ratio=(0.75, 4.0 / 3.0), flip=True,
       eval_crop_pct=0.875, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-      shuffle_buffer=10_000, num_workers=2, prefetch=2))
+      shuffle_buffer=10_000, num_workers=2, prefetch=2,
+      randaugment="",             # e.g. 'rand-m9-mstd0.5-inc1' (fine-tuning); '' = off
+      random_erase=0.0))          # probability of erasing a box (fine-tuning: 0.25)
   # --- schedule and optimizer (lr = blr * batch_size / 256) ---
   c.batch_size = 4096            # global, over all devices and hosts
   c.total_epochs = 800.0
   c.total_steps = 0              # > 0 overrides total_epochs
   c.warmup_epochs = 40.0
   c.optimizer = ConfigDict(dict(
-      blr=1.5e-4, b1=0.9, b2=0.95, weight_decay=0.05, min_lr=0.0, grad_clip_norm=0.0))
+      name="adamw",               # adamw | lars
+      blr=1.5e-4, b1=0.9, b2=0.95, weight_decay=0.05, min_lr=0.0, grad_clip_norm=0.0,
+      momentum=0.9, trust_coefficient=0.001,   # lars
+      layer_decay=1.0,            # layer-wise lr decay (fine-tuning: 0.65 - 0.75); 1 = off
+      wd_exclude=()))             # regexes of parameter paths without weight decay (besides 1-D)
+  c.ema_decay = 0.0              # > 0 keeps an exponential moving average of the weights
   c.compute_dtype = "float32"    # float32 | bfloat16 (parameters stay float32)
   # --- logging, checkpoints, images ---
   c.log_every = 50
@@ -74,6 +81,13 @@ def base_config(method: str = "mae") -> ConfigDict:
       enabled=True, every_steps=5000, train_split="train", test_split="validation",
       train_examples=10_000, test_examples=10_000, batch_size=256, pool="cls",
       random_init=False, l2=1e-3, max_iter=1000))
+  # --- classification accuracy (fine-tuning, linear probing): top-1 / top-5 ---
+  c.eval = ConfigDict(dict(split="validation", every_steps=5000, batch_size=256,
+                           max_examples=0))      # 0 = the whole split
+  # --- kNN evaluator (k nearest neighbours, cosine, temperature-weighted votes) ---
+  c.knn = ConfigDict(dict(
+      enabled=False, every_steps=5000, train_split="train", test_split="validation",
+      train_examples=0, test_examples=0, batch_size=256, pool="cls", k=20, temperature=0.07))
   # --- restoring and evaluating earlier runs ---
   c.init_from = ""               # a workdir whose checkpoint initializes the parameters
   c.init_step = -1               # its step; -1 = latest
@@ -177,9 +191,9 @@ def validate(config: ConfigDict) -> None:
   walk(config, reference, "")
 
 
-def save(config: ConfigDict, workdir: str) -> str:
+def save(config: ConfigDict, workdir: str, name: str = "config.json") -> str:
   """Writes the resolved config as JSON (atomically) and returns its path."""
-  path = os.path.join(workdir, "config.json")
+  path = os.path.join(workdir, name)
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(config.to_dict(), f, indent=2, sort_keys=True)

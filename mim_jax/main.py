@@ -6,7 +6,12 @@ with exit status 2.
 
 import argparse
 import logging
+import os
 import sys
+
+# TensorFlow only reads data and writes TensorBoard files here: silence its start-up banner.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from mim_jax import config as config_lib
 

@@ -1,4 +1,17 @@
-"""Optimizer and learning-rate schedule: AdamW, per-step linear warmup then half-cycle cosine."""
+"""Optimizers and the learning-rate schedule.
+
+* AdamW (pre-training, fine-tuning) or LARS (linear probing, evaluation.md), each after optional
+  global-norm clipping;
+* per-step linear warmup then half-cycle cosine;
+* weight decay on parameters with more than one dimension, minus names matched by
+  ``optimizer.wd_exclude`` (regexes over 'a/b/c' parameter paths);
+* layer-wise lr decay: the update of each parameter is multiplied by its scale
+  ``layer_decay ** (num_layers + 1 - layer_id)``; scaling the whole AdamW update also scales
+  its decoupled weight decay, as PyTorch's per-group lr does;
+* frozen parameters (``frozen``: a pytree of bools) get no update and no optimizer state.
+"""
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -22,18 +35,76 @@ def warmup_cosine(peak_lr: float, warmup_steps: int, total_steps: int, min_lr: f
   return schedule
 
 
-def decay_mask(params):
-  """MAE's rule: weight decay on every parameter with more than one dimension.
+def path_names(tree):
+  """The same pytree with each leaf replaced by its 'a/b/c' path."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: jax.tree_util.keystr(path, simple=True, separator="/"), tree)
 
-  Biases and LayerNorm scales/offsets (1-D) are not decayed; [CLS] / [MASK] tokens (1x1xD) are.
+
+def decay_mask(params, exclude=()):
+  """Weight decay on every parameter with more than one dimension, except names matching one of
+  the ``exclude`` regexes (searched in the 'a/b/c' path).
+
+  MAE pre-training: biases and LayerNorm parameters (1-D) are not decayed; [CLS] / [MASK] tokens
+  (1x1xD) are. Fine-tuning adds ``pos_embed`` and ``cls_token`` to ``exclude``.
   """
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+  patterns = [re.compile(p) for p in exclude]
+  return jax.tree.map(lambda p, name: p.ndim > 1 and not any(r.search(name) for r in patterns),
+                      params, path_names(params))
 
 
-def make_optimizer(opt_config, schedule):
-  """optax AdamW with MAE's betas and decay mask, optionally after global-norm clipping."""
-  adamw = optax.adamw(schedule, b1=opt_config.b1, b2=opt_config.b2,
-                      weight_decay=opt_config.weight_decay, mask=decay_mask)
+def layer_decay_scales(layer_ids, num_layers: int, decay: float):
+  """Per-parameter lr multipliers ``decay ** (num_layers + 1 - layer_id)``."""
+  return jax.tree.map(lambda i: float(decay ** (num_layers + 1 - i)), layer_ids)
+
+
+def scale_by_tree(scales) -> optax.GradientTransformation:
+  """Multiplies each update by the matching leaf of ``scales`` (a pytree of floats)."""
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def lars(schedule, momentum: float, trust_coefficient: float, weight_decay: float,
+         mask) -> optax.GradientTransformation:
+  """LARS as MAE's linear probe uses it: parameters in ``mask`` get weight decay and the trust
+  ratio ``trust_coefficient * |w| / |g + wd w|`` (1 where a norm is 0); then heavy-ball momentum;
+  then the learning rate (applied after the momentum buffer, as in the PyTorch code)."""
+  return optax.chain(
+      optax.add_decayed_weights(weight_decay, mask=mask),
+      optax.masked(optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient),
+                   mask),
+      optax.trace(decay=momentum, nesterov=False),
+      optax.scale_by_learning_rate(schedule))
+
+
+def make_optimizer(opt_config, schedule, params=None, lr_scales=None, frozen=None):
+  """The optimizer that ``opt_config`` names.
+
+  ``params`` (arrays or shapes) is needed for ``wd_exclude``; ``lr_scales`` (pytree of floats,
+  e.g. from ``layer_decay_scales``) and ``frozen`` (pytree of bools) are optional.
+  """
+  exclude = tuple(opt_config.get("wd_exclude", ()))
+  if exclude and params is None:
+    raise ValueError("optimizer.wd_exclude needs the parameters to build the decay mask")
+  mask = (lambda p: decay_mask(p, exclude))
+  name = opt_config.get("name", "adamw")
+  if name == "adamw":
+    tx = optax.adamw(schedule, b1=opt_config.b1, b2=opt_config.b2,
+                     weight_decay=opt_config.weight_decay, mask=mask)
+  elif name == "lars":
+    tx = lars(schedule, opt_config.momentum, opt_config.trust_coefficient,
+              opt_config.weight_decay, mask)
+  else:
+    raise ValueError(f"optimizer.name must be 'adamw' or 'lars', got {name!r}")
+  if frozen is not None:
+    labels = jax.tree.map(lambda f: "frozen" if f else "train", frozen)
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+  parts = []
   if opt_config.grad_clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), adamw)
-  return adamw
+    parts.append(optax.clip_by_global_norm(opt_config.grad_clip_norm))
+  parts.append(tx)
+  if lr_scales is not None:
+    parts.append(scale_by_tree(lr_scales))
+  return optax.chain(*parts) if len(parts) > 1 else tx

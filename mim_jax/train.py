@@ -2,8 +2,8 @@
 
 Read top to bottom: mesh | schedule and optimizer | state | step function | the run itself
 (data, restore or initialize, evaluators, loop with logging, images, checkpoints, preemption).
-A method (``mim_jax.methods``) supplies the model, its masking and its loss; nothing here is
-specific to one method.
+A method (``mim_jax.methods``: a pre-training method or an evaluation protocol) supplies the
+model and its loss; nothing here is specific to one method.
 """
 
 import logging
@@ -21,8 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mim_jax import checkpoint as ckpt_lib
 from mim_jax import config as config_lib
-from mim_jax import data, methods, optim, visualize
-from mim_jax.evaluators.probe import FastProbe
+from mim_jax import data, evaluators, methods, optim, visualize
 from mim_jax.metrics import MetricLogger, format_duration, progress_line
 
 log = logging.getLogger("mim_jax")
@@ -57,13 +56,34 @@ def schedule_for(config, num_examples: int):
   return optim.warmup_cosine(peak, warmup, total, config.optimizer.min_lr), total
 
 
+def optimizer_for(config, method, schedule, params):
+  """The optimizer of ``config.optimizer`` with the method's layer ids and frozen parameters."""
+  lr_scales = frozen = None
+  if config.optimizer.layer_decay != 1.0:
+    if not hasattr(method, "layer_ids"):
+      raise ValueError(f"optimizer.layer_decay needs a method with layer ids; "
+                       f"{config.method!r} has none")
+    ids, num_layers = method.layer_ids(params)
+    lr_scales = optim.layer_decay_scales(ids, num_layers, config.optimizer.layer_decay)
+  if hasattr(method, "frozen"):
+    frozen = method.frozen(params)
+  return optim.make_optimizer(config.optimizer, schedule, params, lr_scales, frozen)
+
+
 # ---------------------------------------------------------------------------------------------
-# State: a plain pytree {step, params, opt_state}.
+# State: a plain pytree {step, params, opt_state, extra}. ``extra`` is state that is not trained
+# by the optimizer: the method's (BatchNorm statistics, caches) and, with ``ema_decay``, an EMA
+# of the parameters (``extra["ema_params"]``).
 # ---------------------------------------------------------------------------------------------
-def state_initializer(method, tx, base_key):
+def state_initializer(method, tx, base_key, ema: bool = False):
   def init():
     params = method.init(stream_key(base_key, "init", 0))
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    extra = dict(method.init_extra(stream_key(base_key, "init_extra", 0))
+                 if hasattr(method, "init_extra") else {})
+    if ema:
+      extra["ema_params"] = params
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+            "extra": extra}
   return init
 
 
@@ -71,15 +91,19 @@ def state_initializer(method, tx, base_key):
 # Step function. A non-finite loss or gradient leaves the state as it was (and is reported by
 # the loop), so the last good state is what a checkpoint can hold.
 # ---------------------------------------------------------------------------------------------
-def make_train_step(method, tx, schedule, base_key):
+def make_train_step(method, tx, schedule, base_key, ema_decay: float = 0.0):
   def train_step(state, batch):
     step = state["step"]
     rngs = {name: stream_key(base_key, name, step) for name in method.rng_streams}
-    (loss, aux), grads = jax.value_and_grad(method.loss, has_aux=True)(
-        state["params"], batch, rngs)
+    extra = {k: v for k, v in state["extra"].items() if k != "ema_params"}
+    (loss, (aux, extra)), grads = jax.value_and_grad(method.loss, has_aux=True)(
+        state["params"], extra, batch, rngs)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new = {"step": step + 1, "params": optax.apply_updates(state["params"], updates),
-           "opt_state": opt_state}
+    params = optax.apply_updates(state["params"], updates)
+    if ema_decay > 0:
+      extra = dict(extra, ema_params=optax.incremental_update(
+          params, state["extra"]["ema_params"], 1.0 - ema_decay))
+    new = {"step": step + 1, "params": params, "opt_state": opt_state, "extra": extra}
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
@@ -114,8 +138,8 @@ class _Preemption:
 def train_and_evaluate(config, workdir: str) -> dict:
   """Pre-trains (or, with ``eval_only``, evaluates) and returns the final metrics."""
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    config_lib.save(config, workdir)
+  if jax.process_index() == 0:  # an evaluation of an existing workdir keeps its config.json
+    config_lib.save(config, workdir, "eval_config.json" if config.eval_only else "config.json")
   mesh = make_mesh()
   replicated, batched = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   if config.batch_size % jax.device_count():
@@ -123,54 +147,65 @@ def train_and_evaluate(config, workdir: str) -> dict:
                      f"{jax.device_count()} devices")
 
   info = data.dataset_info(config.data, config.dataset, config.train_split)
-  method = methods.get(config.method)(config, info.channels)
+  method = methods.get(config.method)(config, info.channels, num_classes=info.num_classes)
+  trains = hasattr(method, "loss")
+  if not trains and not config.eval_only:
+    raise ValueError(f"method {config.method!r} trains nothing: run it with eval_only=True")
   schedule, total_steps = schedule_for(config, info.num_examples)
-  tx = optim.make_optimizer(config.optimizer, schedule)
   base_key = jax.random.key(config.seed)
-  init = state_initializer(method, tx, base_key)
+  abstract_params = jax.eval_shape(method.init, stream_key(base_key, "init", 0))
+  tx = optimizer_for(config, method, schedule, abstract_params)
+  init = state_initializer(method, tx, base_key, ema=config.ema_decay > 0)
   abstract_state = ckpt_lib.abstract(jax.eval_shape(init), replicated)
   n_params = sum(x.size for x in jax.tree.leaves(abstract_state["params"]))
   log.info("%s on %s (%d examples, %d classes): %s parameters, %d steps of %d images, %d devices",
            config.method, config.dataset, info.num_examples, info.num_classes,
            f"{n_params:,}", total_steps, config.batch_size, jax.device_count())
 
-  # Restore: this workdir's latest checkpoint, else init_from's params, else a fresh init.
+  # Restore: this workdir's latest checkpoint, else init_from's weights, else a fresh init.
   ckpt = ckpt_lib.Checkpointer(workdir, config.checkpoint.keep, config.checkpoint.async_save)
   start = ckpt.latest_step()
   if start is not None:
     state = ckpt.restore(start, abstract_state)
     state["step"] = jax.device_put(jnp.asarray(start, jnp.int32), replicated)
+    state.setdefault("extra", {})
     log.info("resumed from %s at step %d", ckpt.directory, start)
   else:
     start = 0
     state = jax.jit(init, out_shardings=replicated)()
     if config.init_from:
-      step, state["params"] = ckpt_lib.load_params(
-          config.init_from, abstract_state["params"], config.init_step)
-      log.info("parameters initialized from %s step %d", config.init_from, step)
+      state = _initialize_from(config, method, state, abstract_state, replicated)
 
   writer = MetricLogger(workdir)
-  probe = FastProbe(config, method, mesh, batched) if config.probe.enabled else None
+  evals = evaluators.build(config, method, mesh, info.num_classes)
   results = {}
   if config.eval_only:
-    if probe is None:
-      raise ValueError("eval_only needs an evaluator: set probe.enabled=True")
-    results = probe.run(state["params"])
+    if not evals:
+      raise ValueError("eval_only needs an evaluator: enable probe or knn, or use a method "
+                       "that classifies")
+    for evaluator in evals:
+      t0 = time.time()
+      results.update(evaluator.run(state))
+      log.info("%s at step %d (%.1fs): %s", evaluator.name, start, time.time() - t0,
+               _format(results, evaluator.name))
     writer.write(start, results)
-    log.info("evaluation at step %d: %s", start, results)
     ckpt.close()
     writer.close()
     return results
+  probe = next((e for e in evals if e.name == "probe"), None)
   if probe and config.probe.random_init and start == 0 and not config.init_from:
     t0 = time.time()
-    random_init = probe.run(state["params"], prefix="probe/random_init_")
+    random_init = probe.run(state, prefix="probe/random_init_")
     writer.write(0, random_init)
     log.info("probe of the encoder at random init: accuracy %.4f (%.1fs)",
              random_init["probe/random_init_accuracy"], time.time() - t0)
 
-  vis_images = _visualization_batch(config, batched)
-  reconstruct = jax.jit(method.reconstruct, out_shardings=replicated)
-  step_fn = jit_train_step(make_train_step(method, tx, schedule, base_key), mesh)
+  reconstruct = None
+  if hasattr(method, "reconstruct"):
+    vis_images = _visualization_batch(config, batched)
+    reconstruct = jax.jit(method.reconstruct, out_shardings=replicated)
+  step_fn = jit_train_step(make_train_step(method, tx, schedule, base_key, config.ema_decay),
+                           mesh)
   train_it = data.train_iterator(config.data, config.dataset, config.train_split,
                                  global_batch_size=config.batch_size,
                                  image_size=config.image_size, seed=config.seed,
@@ -235,15 +270,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if step % config.log_every == 0 or last or preempted:
         flush(step)
       t0 = time.time()
-      if step % config.image_every == 0 or last:
+      if reconstruct and (step % config.image_every == 0 or last):
         visualize_now(step)
       if step % config.checkpoint.every_steps == 0 or last or preempted:
         flush(step)
         ckpt.save(step, state)
-      if probe and (step % config.probe.every_steps == 0 or last):
-        results = probe.run(state["params"])
-        writer.write(step, results)
-        log.info("step %d: probe accuracy %.4f", step, results["probe/accuracy"])
+      for evaluator in evals:
+        if step % evaluator.every_steps == 0 or last:
+          out = evaluator.run(state)
+          results.update(out)
+          writer.write(step, out)
+          log.info("step %d: %s", step, _format(out, evaluator.name))
       excluded += time.time() - t0
       if preempted:
         ckpt.wait()
@@ -256,7 +293,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writer.close()
 
   log.info("done: %d steps in %s", total_steps, format_duration(time.time() - t_start))
-  if probe:
+  if "probe/accuracy" in results:
     random_init = writer.last_value("probe/random_init_accuracy")
     if random_init is not None:
       results["probe/random_init_accuracy"] = random_init
@@ -264,6 +301,29 @@ def train_and_evaluate(config, workdir: str) -> dict:
                results["probe/accuracy"], random_init,
                100 * (results["probe/accuracy"] - random_init))
   return results
+
+
+def _initialize_from(config, method, state, abstract_state, sharding):
+  """Puts the weights of ``config.init_from``'s checkpoint into a freshly initialized state."""
+  if hasattr(method, "load_pretrained"):
+    params, extra = jax.device_get((state["params"], state["extra"]))
+    step, params, extra, what = method.load_pretrained(params, extra, config.init_from,
+                                                       config.init_step)
+    if "ema_params" in extra:  # the EMA starts from the restored weights
+      extra["ema_params"] = params
+    state["params"] = jax.device_put(params, sharding)
+    state["extra"] = jax.device_put(extra, sharding)
+  else:
+    step, state["params"] = ckpt_lib.load_params(
+        config.init_from, abstract_state["params"], config.init_step)
+    what = "parameters"
+  log.info("%s initialized from %s step %d", what, config.init_from, step)
+  return state
+
+
+def _format(metrics: dict, prefix: str) -> str:
+  return ", ".join(f"{k.split('/', 1)[-1]} {v:.4f}" if isinstance(v, float) else f"{k.split('/', 1)[-1]} {v}"
+                   for k, v in metrics.items() if k.startswith(prefix + "/"))
 
 
 def _visualization_batch(config, sharding):

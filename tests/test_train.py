@@ -62,9 +62,9 @@ def test_eight_devices_match_one_device():
     rep, bat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     state = jax.jit(train.state_initializer(method, tx, key), out_shardings=rep)()
     batch = {"image": jax.device_put(images, bat)}
-    grad_fn = jax.jit(jax.value_and_grad(method.loss, has_aux=True), in_shardings=(rep, bat, rep),
-                      out_shardings=rep)
-    (loss, _), grads = grad_fn(state["params"], batch, {"mask": key})
+    grad_fn = jax.jit(jax.value_and_grad(method.loss, has_aux=True),
+                      in_shardings=(rep, rep, bat, rep), out_shardings=rep)
+    (loss, _), grads = grad_fn(state["params"], {}, batch, {"mask": key})
     step = train.jit_train_step(train.make_train_step(method, tx, optax_sched(), key), mesh)
     new_state, _ = step(state, batch)
     results.append(jax.device_get((loss, grads, new_state["params"])))

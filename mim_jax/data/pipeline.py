@@ -21,7 +21,11 @@ Determinism. The training stream is a pure function of (seed, position):
   read one after the other, not shuffled: that order is what defines the ids,
   and TFDS already shuffles examples when it prepares a dataset.
 * augmentation draws for step s come from ``default_rng([seed, 1,
-  process_index, s])``, so they are reproduced on resume too.
+  process_index, s])``, so they are reproduced on resume too. They include a
+  per-example seed (drawn after the crop and flip draws) for the optional
+  RandAugment and random erasing (``data.randaugment``,
+  ``data.random_erase``), so these are reproduced too, and with both off the
+  stream is the same as without them.
 
 Unreadable images (folder, tfds) are skipped, logged once per file and counted
 in the iterator's ``skipped_images``. In training the slot is filled by the

@@ -1,5 +1,11 @@
 """Image transforms in numpy: RandomResizedCrop, flip, eval resize/crop, normalization.
 
+Training optionally adds timm's RandAugment and random erasing (MAE's
+fine-tuning recipe), in timm's order: RandomResizedCrop + flip -> RandAugment
+(on the crop rounded to uint8; ``randaugment``) -> normalize -> random erasing
+(``random_erasing``). Both are off by default, and then the training transform
+is exactly crop + flip + normalize.
+
 Every geometric transform here is "crop a box, then resize it with bicubic
 interpolation" (Keys cubic, a = -0.5, antialiased when downscaling by
 stretching the kernel, renormalized at the borders: PIL's BICUBIC). Outputs
@@ -18,7 +24,9 @@ Two implementations of that one resize, which tests keep equal:
 
 Randomness is never drawn here from a global state: callers pass uniform draws
 (see ``draw_train_randomness``) made by a numpy Generator keyed on the seed and
-the position in the stream, so results are reproducible.
+the position in the stream, so results are reproducible. RandAugment and
+random erasing draw from per-example Generators seeded by the example's
+``aug_seed`` draw (see ``example_rng``).
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ import functools
 import math
 
 import numpy as np
+
+from mim_jax.data import random_erasing
 
 NUM_CROP_ATTEMPTS = 10  # as in torchvision's RandomResizedCrop
 
@@ -42,6 +52,8 @@ class AugmentOptions:
     eval_crop_pct: float = 0.875
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    randaugment: str = ""  # timm RandAugment spec, e.g. "rand-m9-mstd0.5-inc1"; "" = off
+    random_erase: float = 0.0  # random erasing probability (mode "pixel"); 0 = off
 
     @classmethod
     def from_config(cls, data_config) -> AugmentOptions:
@@ -66,6 +78,18 @@ class AugmentOptions:
             raise ValueError(f"data.eval_crop_pct must be in (0, 1], got {self.eval_crop_pct}")
         if len(self.mean) != len(self.std) and 1 not in (len(self.mean), len(self.std)):
             raise ValueError(f"data.mean {self.mean} and data.std {self.std} differ in length")
+        if not isinstance(self.randaugment, str):
+            raise ValueError(f"data.randaugment must be a string ('' = off), got {self.randaugment!r}")
+        if self.randaugment:
+            from mim_jax.data import randaugment  # pylint: disable=g-import-not-at-top
+
+            try:
+                randaugment.parse_randaugment(self.randaugment)
+            except ValueError as e:
+                raise ValueError(f"data.randaugment: {e}") from None
+        if (isinstance(self.random_erase, bool) or not isinstance(self.random_erase, (int, float))
+                or not 0 <= self.random_erase <= 1):
+            raise ValueError(f"data.random_erase must be a probability in [0, 1], got {self.random_erase!r}")
 
     def check_channels(self, channels: int) -> None:
         """Raises ValueError unless mean and std have 1 or ``channels`` values."""
@@ -75,6 +99,9 @@ class AugmentOptions:
                 raise ValueError(
                     f"data.{name} has {len(values)} values but the dataset has {channels} "
                     f"channel(s); give 1 value or {channels}")
+        if self.randaugment and channels not in (1, 3):
+            raise ValueError(
+                f"data.randaugment works on 1- or 3-channel images; the dataset has {channels}")
 
 
 
@@ -151,13 +178,31 @@ def resize_one(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
 
 
 def draw_train_randomness(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
-    """Uniform [0, 1) draws for n training examples (crop attempts, crop position, flip)."""
+    """Draws for n training examples.
+
+    Uniform [0, 1) draws for the crop attempts, crop position and flip, then
+    a uint64 ``aug_seed`` per example that seeds its RandAugment and random
+    erasing (``example_rng``). The seeds are drawn last, so the other draws
+    do not depend on them.
+    """
     return {
         "area": rng.random((n, NUM_CROP_ATTEMPTS)),
         "log_ratio": rng.random((n, NUM_CROP_ATTEMPTS)),
         "position": rng.random((n, 2)),
         "flip": rng.random(n),
+        "aug_seed": rng.integers(0, 2**64, size=n, dtype=np.uint64),
     }
+
+
+RANDAUGMENT_STREAM, ERASE_STREAM = 0, 1
+
+
+def example_rng(aug_seed, stream: int) -> np.random.Generator:
+    """The Generator of one example's RandAugment (stream 0) or random erasing (stream 1).
+
+    Separate streams keep which images get erased independent of RandAugment.
+    """
+    return np.random.default_rng([int(aug_seed), stream])
 
 
 def random_resized_crop_boxes(draws, heights, widths, scale, ratio):
@@ -220,17 +265,43 @@ def train_weights(draws, heights, widths, image_size: int, opts: AugmentOptions)
     return wy, wx
 
 
+def _randaugment_one(image: np.ndarray, aug_seed, opts: AugmentOptions) -> np.ndarray:
+    """RandAugment of one float [0, 255] image [H, W, C] (rounded to uint8 first) -> uint8."""
+    from mim_jax.data import randaugment  # pylint: disable=g-import-not-at-top
+
+    pixels = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    fill = randaugment.fill_from_mean(opts.mean, image.shape[-1])
+    return randaugment.randaugment(pixels, opts.randaugment, example_rng(aug_seed, RANDAUGMENT_STREAM),
+                                   fill)
+
+
+def _erase_one(image: np.ndarray, aug_seed, opts: AugmentOptions) -> np.ndarray:
+    return random_erasing.random_erase(image, opts.random_erase, example_rng(aug_seed, ERASE_STREAM))
+
+
 def train_transform(images: np.ndarray, draws, image_size: int, opts: AugmentOptions) -> np.ndarray:
-    """RandomResizedCrop + flip + normalize for uint8 images [n, H, W, C] (same size)."""
+    """RandomResizedCrop + flip (+ RandAugment) + normalize (+ random erasing), uint8 [n, H, W, C].
+
+    The images have the same size. RandAugment and random erasing, when on,
+    run per image in a loop (the other steps are batched).
+    """
     height, width = images.shape[1:3]
     wy, wx = train_weights(draws, height, width, image_size, opts)
-    return normalize(apply_weights(images, wy, wx), opts.mean, opts.std)
+    out = apply_weights(images, wy, wx)
+    if opts.randaugment:
+        out = np.stack([_randaugment_one(out[i], seed, opts) for i, seed in enumerate(draws["aug_seed"])])
+    out = normalize(out, opts.mean, opts.std)
+    if opts.random_erase > 0:
+        for i, seed in enumerate(draws["aug_seed"]):
+            out[i] = _erase_one(out[i], seed, opts)
+    return out
 
 
 def train_transform_one(image: np.ndarray, draws_one, image_size: int, opts: AugmentOptions):
     """``train_transform`` for one uint8 image [H, W, C], given one example's draws.
 
-    Crops, then resizes with ``resize_one`` (fast for large images of any size).
+    Crops, then resizes with ``resize_one`` (fast for large images of any size);
+    then the optional RandAugment, normalization, optional random erasing.
     """
     draws = {k: np.asarray(v)[None] for k, v in draws_one.items()}
     height, width = image.shape[:2]
@@ -239,7 +310,12 @@ def train_transform_one(image: np.ndarray, draws_one, image_size: int, opts: Aug
     out = resize_one(image[top:top + crop_h, left:left + crop_w], image_size, image_size)
     if opts.flip and draws["flip"][0] < 0.5:
         out = out[:, ::-1]
-    return normalize(out, opts.mean, opts.std)
+    if opts.randaugment:
+        out = _randaugment_one(out, draws["aug_seed"][0], opts)
+    out = normalize(out, opts.mean, opts.std)
+    if opts.random_erase > 0:
+        out = _erase_one(out, draws["aug_seed"][0], opts)
+    return out
 
 
 # ---------------------------------------------------------------- evaluation

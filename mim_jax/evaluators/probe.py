@@ -6,48 +6,22 @@ multinomial logistic regression (L-BFGS, scikit-learn); the metric is its accura
 subset of the test split. Not the full linear-probe protocol: a signal that pre-training learns.
 """
 
-import logging
-
-import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
-from mim_jax import data
-
-log = logging.getLogger("mim_jax")
+from mim_jax.evaluators.features import FeatureExtractor
 
 
 class FastProbe:
+  name = "probe"
 
-  def __init__(self, config, method, mesh, batch_sharding):
-    self.config = config
+  def __init__(self, config, method, mesh):
     self.probe = config.probe
-    self.method = method
-    self.batch_sharding = batch_sharding
-    if self.probe.batch_size % jax.device_count():
-      raise ValueError(f"probe.batch_size {self.probe.batch_size} must divide over "
-                       f"{jax.device_count()} devices")
-    pool = self.probe.pool
-    self._features = jax.jit(lambda params, images: method.features(params, images, pool),
-                             out_shardings=jax.sharding.NamedSharding(
-                                 mesh, jax.sharding.PartitionSpec()))
+    self.every_steps = config.probe.every_steps
+    self.features = FeatureExtractor(config, method, mesh, self.probe.pool, self.probe.batch_size)
 
-  def features(self, params, split, max_examples):
-    """(features [N, D], labels [N]) of the first ``max_examples`` of ``split``, on every host."""
-    it = data.eval_iterator(self.config.data, self.config.dataset, split,
-                            global_batch_size=self.probe.batch_size,
-                            image_size=self.config.image_size, max_examples=max_examples)
-    feats, labels = [], []
-    for batch in data.device_prefetch(it, self.batch_sharding):
-      f = np.asarray(self._features(params, batch["image"]))
-      lab, mask = (np.asarray(multihost_utils.process_allgather(batch[k], tiled=True))
-                   for k in ("label", "mask"))
-      feats.append(f[mask])
-      labels.append(lab[mask])
-    return np.concatenate(feats), np.concatenate(labels)
-
-  def run(self, params, prefix: str = "probe/") -> dict:
+  def run(self, state, prefix: str = "probe/") -> dict:
     from sklearn.linear_model import LogisticRegression
+    params = state["params"]
     x_train, y_train = self.features(params, self.probe.train_split, self.probe.train_examples)
     x_test, y_test = self.features(params, self.probe.test_split, self.probe.test_examples)
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6

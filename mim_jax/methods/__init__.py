@@ -1,17 +1,32 @@
-"""Pre-training methods. Each is a small class composed of a model, a masking and a loss.
+"""Methods: what a run trains. Pre-training methods (a model, a masking and a loss) and the
+evaluation protocols (fine-tune, linear probe, kNN), each a small class.
 
-A method gives the generic trainer (``mim_jax.train``):
+A method ``Method(config, channels, num_classes)`` gives the generic trainer (``mim_jax.train``):
   ``default_model_config()``  (static) the ``config.model`` group it reads;
-  ``init(rng)``               -> params;
-  ``loss(params, batch, rngs)``  -> (scalar loss, dict of scalar metrics);
+  ``init(rng)``               -> params (trained by the optimizer);
   ``rng_streams``             names of the per-step RNG streams ``loss`` uses;
-  ``features(params, images)``   -> [B, D] encoder features for the evaluators;
-  ``reconstruct(params, images, rng)`` -> dict of image batches for the PNG grid.
+  ``loss(params, extra, batch, rngs)`` -> (scalar loss, (dict of scalar metrics, extra));
+  ``features(params, images, pool)``   -> [B, D] encoder features for the evaluators;
+and optionally:
+  ``init_extra(rng)``         -> dict of state that is not trained (BatchNorm statistics, ...);
+  ``reconstruct(params, images, rng)`` -> dict of image batches for the PNG grid;
+  ``logits(params, extra, images)``    -> [B, classes] (turns on the top-1 / top-5 evaluator);
+  ``layer_ids(params)``       -> (pytree of layer ids, num_layers) for ``optimizer.layer_decay``;
+  ``frozen(params)``          -> pytree of bools: parameters the optimizer leaves alone;
+  ``load_pretrained(params, extra, workdir, step)`` -> (step, params, extra, what) for
+                                 ``init_from`` (default: the whole params tree, checked).
+A method without ``loss`` (kNN) only evaluates: it runs with ``eval_only``.
+Every method keeps its encoder under ``params["encoder"]``.
 """
 
 import importlib
 
-_REGISTRY = {"mae": "mim_jax.methods.mae:MAE"}
+_REGISTRY = {
+    "mae": "mim_jax.methods.mae:MAE",
+    "finetune": "mim_jax.methods.finetune:FineTune",
+    "linear_probe": "mim_jax.methods.linear_probe:LinearProbe",
+    "knn": "mim_jax.methods.knn:Knn",
+}
 
 
 def names():

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 from ml_collections import ConfigDict
 
 from mim_jax import losses, masking
+from mim_jax.models import encoders
 from mim_jax.models import mae as mae_model
-from mim_jax.models.vit import parse_variant
 from mim_jax.patches import patchify, unpatchify
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -23,35 +23,31 @@ class MAE:
   @staticmethod
   def default_model_config() -> ConfigDict:
     return ConfigDict(dict(
-        variant="B/16",       # encoder size / patch size; width/depth/heads > 0 override it
-        width=0, depth=0, heads=0, mlp_ratio=4.0,
+        encoders.encoder_config(),  # encoder, variant (SIZE/PATCH), width/depth/heads overrides
         decoder_width=512, decoder_depth=8, decoder_heads=16,
         mask_ratio=0.75,
         norm_pix_loss=True,   # the published recipe's setting
     ))
 
-  def __init__(self, config: ConfigDict, channels: int):
+  def __init__(self, config: ConfigDict, channels: int, num_classes: int = 0):
+    del num_classes  # pre-training uses no labels
     m = config.model
-    size, self.patch_size = parse_variant(m.variant)
-    if config.image_size % self.patch_size:
-      raise ValueError(f"image_size {config.image_size} is not divisible by the patch size "
-                       f"{self.patch_size} of variant {m.variant!r}")
-    side = config.image_size // self.patch_size
-    self.grid = (side, side)
-    self.num_patches = side * side
+    if m.encoder != "vit":
+      raise ValueError(f"MAE needs model.encoder='vit', got {m.encoder!r}")
+    self.dtype = compute_dtype(config.compute_dtype)
+    self.encoder = encoders.build(m, config.image_size, dtype=self.dtype)
+    self.patch_size = self.encoder.patch_size
+    self.grid = self.encoder.module.grid
+    self.num_patches = self.grid[0] * self.grid[1]
     self.channels = channels
     self.mask_ratio = m.mask_ratio
     self.norm_pix = m.norm_pix_loss
     self.num_kept = masking.num_kept(self.num_patches, m.mask_ratio)
-    self.dtype = compute_dtype(config.compute_dtype)
-    self.width = m.width or size.dim
-    encoder = mae_model.ViTEncoder(
-        self.width, m.depth or size.depth, m.heads or size.heads, self.grid,
-        mlp_ratio=m.mlp_ratio, dtype=self.dtype)
+    self.width = self.encoder.width
     decoder = mae_model.MAEDecoder(
         m.decoder_width, m.decoder_depth, m.decoder_heads, self.grid,
         self.patch_size ** 2 * channels, mlp_ratio=m.mlp_ratio, dtype=self.dtype)
-    self.model = mae_model.MAE(encoder, decoder)
+    self.model = mae_model.MAE(self.encoder.module, decoder)
 
   def init(self, rng):
     patches = jnp.zeros((1, self.num_patches, self.patch_size ** 2 * self.channels))
@@ -66,20 +62,15 @@ class MAE:
     pred = self.model.apply({"params": params}, patches.astype(self.dtype), ids_keep, ids_restore)
     return patches, pred, mask
 
-  def loss(self, params, batch, rngs):
+  def loss(self, params, extra, batch, rngs):
     patches, pred, mask = self._predict(params, batch["image"], rngs["mask"])
     loss = losses.masked_mse(pred, losses.patch_targets(patches, self.norm_pix), mask)
-    return loss, {"loss": loss}
+    return loss, ({"loss": loss}, extra)
 
   def features(self, params, images, pool: str = "cls"):
-    """[B, width] features of whole images: the [CLS] token or the mean of patch tokens."""
-    tokens = self.model.apply({"params": params}, patchify(images, self.patch_size).astype(
-        self.dtype), method=mae_model.MAE.encode).astype(jnp.float32)
-    if pool == "cls":
-      return tokens[:, 0]
-    if pool == "mean":
-      return tokens[:, 1:].mean(axis=1)
-    raise ValueError(f"probe pool must be 'cls' or 'mean', got {pool!r}")
+    """[B, width] features of whole images: the [CLS] token or the average of patch tokens."""
+    tokens = self.encoder.apply(params["encoder"], images)
+    return self.encoder.pool(tokens.astype(jnp.float32), pool)
 
   def reconstruct(self, params, images, rng):
     """Original, masked input, and reconstruction with the visible patches pasted back."""

@@ -17,30 +17,41 @@ def _gather_tokens(x, ids):
 
 
 class ViTEncoder(nn.Module):
-  """[CLS] + patch tokens with fixed sin-cos positions, pre-norm blocks, final LayerNorm.
+  """[CLS] + patch tokens with sin-cos positions, pre-norm blocks, final LayerNorm.
 
   Called on flattened patches [B, L, p*p*C]; with ``ids_keep`` [B, K] only those patches are
   encoded (positions are added before the gather). Returns [B, 1 + K, width].
+
+  Pre-training uses the fixed sin-cos table (a constant). Fine-tuning options:
+  ``learnable_pos`` makes it a parameter ``pos_embed`` [1, 1 + L, width] that starts from the
+  sin-cos values (zeros at [CLS]); ``final_norm=False`` leaves out the last LayerNorm;
+  ``drop_path_rate`` turns on stochastic depth when called with ``deterministic=False``.
   """
   width: int
   depth: int
   heads: int
   grid: tuple  # (rows, cols) of patches
   mlp_ratio: float = 4.0
+  learnable_pos: bool = False
+  final_norm: bool = True
+  drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, patches, ids_keep=None):
+  def __call__(self, patches, ids_keep=None, deterministic: bool = True):
     x = PatchEmbed(self.width, dtype=self.dtype, name="patch_embed")(patches)
-    pos = sincos_2d(self.width, *self.grid)
-    x = x + jnp.asarray(pos, x.dtype)[None]
+    table = sincos_2d(self.width, *self.grid, cls_token=True)[None]
+    if self.learnable_pos:
+      table = self.param("pos_embed", lambda key, shape: jnp.asarray(table), table.shape)
+    pos = jnp.asarray(table, x.dtype)
+    x = x + pos[:, 1:]
     if ids_keep is not None:
       x = _gather_tokens(x, ids_keep)
     cls = self.param("cls_token", token_init, (1, 1, self.width))
-    cls = jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, self.width))
+    cls = jnp.broadcast_to(cls.astype(x.dtype) + pos[:, :1], (x.shape[0], 1, self.width))
     x = jnp.concatenate([cls, x], axis=1)
-    return Transformer(self.depth, self.heads, self.mlp_ratio, dtype=self.dtype,
-                       name="transformer")(x)
+    return Transformer(self.depth, self.heads, self.mlp_ratio, self.drop_path_rate,
+                       self.final_norm, dtype=self.dtype, name="transformer")(x, deterministic)
 
 
 class MAEDecoder(nn.Module):

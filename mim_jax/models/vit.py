@@ -3,7 +3,8 @@
 Pre-norm blocks as in MAE's encoder: LN -> multi-head self-attention -> residual,
 LN -> MLP (GELU, ratio 4) -> residual; qkv bias on; LayerNorm eps 1e-6. Linear layers use
 xavier-uniform weights and zero biases (MAE's init). ``dtype`` is the compute dtype; parameters
-stay float32.
+stay float32. Stochastic depth (drop path, for fine-tuning) draws from the ``drop_path`` RNG
+stream when ``deterministic`` is False.
 """
 
 import dataclasses
@@ -76,21 +77,42 @@ class Mlp(nn.Module):
     return nn.Dense(d, kernel_init=xavier_uniform, dtype=self.dtype, name="fc2")(x)
 
 
+class DropPath(nn.Module):
+  """Stochastic depth: zeroes a residual branch per example with probability ``rate`` and
+  scales the kept ones by 1 / (1 - rate)."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True):
+    if deterministic or self.rate == 0.0:
+      return x
+    keep = jax.random.bernoulli(self.make_rng("drop_path"), 1.0 - self.rate,
+                                (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
+
+
 class Block(nn.Module):
   num_heads: int
   mlp_ratio: float = 4.0
+  drop_path: float = 0.0
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, deterministic: bool = True):
     d = x.shape[-1]
+    drop = DropPath(self.drop_path)
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm1")(x)
-    x = x + Attention(self.num_heads, dtype=self.dtype, name="attn")(y)
+    x = x + drop(Attention(self.num_heads, dtype=self.dtype, name="attn")(y), deterministic)
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm2")(x)
-    return x + Mlp(int(d * self.mlp_ratio), dtype=self.dtype, name="mlp")(y)
+    return x + drop(Mlp(int(d * self.mlp_ratio), dtype=self.dtype, name="mlp")(y), deterministic)
 
 
-def _torch_default_bias_init(fan_in: int):
+def drop_path_rates(rate: float, depth: int):
+  """Per-block drop-path rates rising linearly from 0 to ``rate`` (the usual rule)."""
+  return [float(r) for r in np.linspace(0.0, rate, depth)] if depth else []
+
+
+def torch_default_init(fan_in: int):
   """PyTorch's default bias init for conv / linear layers: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
   bound = 1.0 / np.sqrt(fan_in)
 
@@ -112,19 +134,25 @@ class PatchEmbed(nn.Module):
   def __call__(self, patches):
     fan_in = patches.shape[-1]
     return nn.Dense(self.dim, kernel_init=xavier_uniform,
-                    bias_init=_torch_default_bias_init(fan_in), dtype=self.dtype,
+                    bias_init=torch_default_init(fan_in), dtype=self.dtype,
                     name="proj")(patches)
 
 
 class Transformer(nn.Module):
-  """A stack of ``depth`` blocks followed by a final LayerNorm."""
+  """A stack of ``depth`` blocks followed by a final LayerNorm (left out with
+  ``final_norm=False``, as fine-tuning with average pooling does)."""
   depth: int
   num_heads: int
   mlp_ratio: float = 4.0
+  drop_path_rate: float = 0.0
+  final_norm: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
-    for i in range(self.depth):
-      x = Block(self.num_heads, self.mlp_ratio, dtype=self.dtype, name=f"block_{i}")(x)
-    return nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm")(x)
+  def __call__(self, x, deterministic: bool = True):
+    for i, rate in enumerate(drop_path_rates(self.drop_path_rate, self.depth)):
+      x = Block(self.num_heads, self.mlp_ratio, rate, dtype=self.dtype, name=f"block_{i}")(
+          x, deterministic)
+    if self.final_norm:
+      x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm")(x)
+    return x

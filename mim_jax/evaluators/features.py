@@ -1,0 +1,38 @@
+"""Encoder features of a labelled split, computed under the training mesh's sharding.
+
+Batches are split over the ``data`` axis like training batches; the features come back
+replicated, so every host ends with the same [N, D] array (padding removed).
+"""
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from mim_jax import data
+
+
+class FeatureExtractor:
+  """``extractor(params, split, max_examples)`` -> (features [N, D] float32, labels [N])."""
+
+  def __init__(self, config, method, mesh, pool: str, batch_size: int):
+    if batch_size % jax.device_count():
+      raise ValueError(f"evaluator batch_size {batch_size} must divide over "
+                       f"{jax.device_count()} devices")
+    self.config, self.batch_size = config, batch_size
+    self.batch_sharding = NamedSharding(mesh, P("data"))
+    self._features = jax.jit(lambda params, images: method.features(params, images, pool),
+                             out_shardings=NamedSharding(mesh, P()))
+
+  def __call__(self, params, split: str, max_examples: int = 0):
+    it = data.eval_iterator(self.config.data, self.config.dataset, split,
+                            global_batch_size=self.batch_size, image_size=self.config.image_size,
+                            max_examples=max_examples or None)
+    feats, labels = [], []
+    for batch in data.device_prefetch(it, self.batch_sharding):
+      f = np.asarray(self._features(params, batch["image"]))
+      lab, mask = (np.asarray(multihost_utils.process_allgather(batch[k], tiled=True))
+                   for k in ("label", "mask"))
+      feats.append(f[mask])
+      labels.append(lab[mask])
+    return np.concatenate(feats).astype(np.float32), np.concatenate(labels)

@@ -1,0 +1,52 @@
+"""What the evaluation protocols (fine-tune, linear probe, kNN) share: an encoder described by
+``config.model`` (``mim_jax.models.encoders``), its features, its layer ids, and restoring it from
+another run's checkpoint (``mim_jax.pretrained``)."""
+
+import jax
+import jax.numpy as jnp
+
+from mim_jax import pretrained
+from mim_jax.methods.mae import compute_dtype
+from mim_jax.models import encoders
+
+
+class EncoderProtocol:
+  """Base of the evaluation protocols; subclasses set ``self.encoder`` and ``self.model``."""
+
+  def __init__(self, config, channels: int, num_classes: int):
+    self.config = config
+    self.channels = channels
+    self.num_classes = num_classes
+    self.image_size = config.image_size
+    self.dtype = compute_dtype(config.compute_dtype)
+
+  def _dummy_images(self):
+    return jnp.zeros((1, self.image_size, self.image_size, self.channels), jnp.float32)
+
+  def features(self, params, images, pool: str = "cls"):
+    """[B, D] pooled encoder features (the kNN / fast-probe evaluators use them)."""
+    tokens = self.encoder.apply(params["encoder"], images)
+    return self.encoder.pool(tokens.astype(jnp.float32), pool)
+
+  def layer_ids(self, params):
+    """(layer id per parameter, number of layers) for layer-wise lr decay: the encoder's ids;
+    everything outside the encoder (fc_norm, head) at the encoder's top id (ViT: num_layers + 1,
+    the MAE rule; hierarchical: num_layers, the MixMIM rule)."""
+    top = self.encoder.top_layer_id
+
+    def layer_id(path, _):
+      keys = tuple(getattr(k, "key", str(k)) for k in path)
+      return self.encoder.layer_id(keys[1:]) if keys[0] == "encoder" else top
+    return jax.tree_util.tree_map_with_path(layer_id, params), self.encoder.num_layers
+
+  def load_pretrained(self, params, extra, workdir: str, step: int = -1):
+    """(step, params, extra, what): the encoder (or a whole classifier) of ``workdir``."""
+    step, params, what = pretrained.restore_into(params, self.encoder, workdir, step)
+    if what == "classifier" and extra.get("batch_stats") is not None:
+      extra = dict(extra, batch_stats=pretrained.read_item(workdir, step, "extra")["batch_stats"])
+    return step, params, extra, what
+
+
+def build_encoder(config, **options):
+  return encoders.build(config.model, config.image_size,
+                        dtype=compute_dtype(config.compute_dtype), **options)

@@ -1,0 +1,127 @@
+"""Encoders by name, for every method and evaluation protocol that needs one.
+
+``config.model.encoder`` picks the family: ``vit`` (plain ViT: MAE, SimMIM, ...) or
+``hierarchical`` (MixMIM's Swin-style encoder without shifted windows). ``build`` returns an
+``EncoderSpec``: the Flax module plus what the evaluators and the optimizer need to know about it
+(how to pool it, its layer ids for layer-wise lr decay, which parameters exist only in
+pre-training or only in fine-tuning).
+
+The parameters of an encoder live under ``params["encoder"]`` in every method, so a fine-tune,
+linear-probe or kNN run can take them from any pre-training checkpoint
+(``mim_jax.pretrained``).
+"""
+
+import dataclasses
+import re
+from typing import Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mim_jax.models import hierarchical
+from mim_jax.models.mae import ViTEncoder
+from mim_jax.models.vit import parse_variant
+from mim_jax.patches import patchify
+
+
+def encoder_config() -> dict:
+  """The ``config.model`` keys that describe the encoder (shared by every method)."""
+  return dict(
+      encoder="vit",        # vit | hierarchical
+      variant="B/16",       # vit: SIZE/PATCH (tiny_test, Ti, S, B, L, H); hierarchical: SIZE
+      width=0, depth=0, heads=0, mlp_ratio=4.0,    # vit: > 0 overrides the size's value
+      stage_depths=(), stage_heads=(), window_sizes=(), patch_size=0,  # hierarchical overrides
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderSpec:
+  module: nn.Module
+  family: str
+  width: int                    # feature width after pooling
+  patch_size: int               # 0 when the module takes images (hierarchical)
+  num_layers: int               # for layer-wise lr decay
+  layer_id: Callable[[tuple], int]
+  top_layer_id: int             # layer id of what sits on the encoder (head, fc_norm)
+  pools: tuple                  # pooling modes it supports
+  pretrain_only: tuple = ()     # regexes: checkpoint parameters a fine-tune model leaves out
+  finetune_new: tuple = ()      # regexes: parameters a fine-tune model adds (kept from init)
+
+  def _input(self, images):
+    x = patchify(images, self.patch_size) if self.patch_size else images
+    return x.astype(self.module.dtype)
+
+  def init(self, rng, images):
+    """The encoder's parameters, for images like ``images`` [B, H, W, C]."""
+    return self.module.init(rng, self._input(images))["params"]
+
+  def apply(self, params, images, deterministic=True, rngs=None):
+    """Tokens of whole images: [B, T, width] (ViT: [CLS] first)."""
+    return self.module.apply({"params": params}, self._input(images),
+                             deterministic=deterministic, rngs=rngs)
+
+  def pool(self, tokens, pool: str):
+    """[B, T, D] -> [B, D]: the [CLS] token (ViT) or the mean of the patch tokens."""
+    if pool not in self.pools:
+      raise ValueError(f"pool {pool!r} is not available for the {self.family} encoder "
+                       f"(choose from {self.pools})")
+    if pool == "cls":
+      return tokens[:, 0]
+    return tokens[:, 1:].mean(axis=1) if self.family == "vit" else tokens.mean(axis=1)
+
+
+def _vit_layer_id(depth):
+  def layer_id(path):
+    if path[0] in ("cls_token", "pos_embed", "patch_embed"):
+      return 0
+    if path[0] == "transformer" and path[1].startswith("block_"):
+      return int(path[1].split("_")[1]) + 1
+    return depth + 1
+  return layer_id
+
+
+def build(m, image_size: int, *, dtype=jnp.float32, drop_path_rate: float = 0.0,
+          learnable_pos: bool = False, final_norm: bool = True) -> EncoderSpec:
+  """The encoder ``m`` (a ``config.model``) describes, at ``image_size``.
+
+  ``learnable_pos`` / ``final_norm`` / ``drop_path_rate`` are the fine-tuning options (ViT:
+  position embedding as a parameter, no final LayerNorm under average pooling + fc_norm).
+  """
+  family = m.get("encoder", "vit")
+  if family == "vit":
+    size, patch = parse_variant(m.variant)
+    if image_size % patch:
+      raise ValueError(f"image_size {image_size} is not divisible by the patch size {patch} "
+                       f"of variant {m.variant!r}")
+    side = image_size // patch
+    width, depth = m.width or size.dim, m.depth or size.depth
+    module = ViTEncoder(width, depth, m.heads or size.heads, (side, side), mlp_ratio=m.mlp_ratio,
+                        learnable_pos=learnable_pos, final_norm=final_norm,
+                        drop_path_rate=drop_path_rate, dtype=dtype)
+    return EncoderSpec(module, "vit", width, patch, depth, _vit_layer_id(depth), depth + 1,
+                       ("cls", "avg"),
+                       pretrain_only=(r"^transformer/norm/", r"^mask_token$"),
+                       finetune_new=(r"^pos_embed$",))
+  if family == "hierarchical":
+    size = hierarchical.parse_hier_variant(m.variant)
+    depths = tuple(m.stage_depths) or size.depths
+    heads = tuple(m.stage_heads) or size.heads
+    windows = tuple(m.window_sizes) or size.window_sizes
+    embed = m.width or size.embed_dim
+    if not len(depths) == len(heads) == len(windows):
+      raise ValueError(f"hierarchical encoder: stage_depths {depths}, stage_heads {heads} and "
+                       f"window_sizes {windows} must have one entry per stage")
+    module = hierarchical.HierarchicalEncoder(
+        embed, depths, heads, windows, image_size, patch_size=m.patch_size or 4,
+        mlp_ratio=m.mlp_ratio, drop_path_rate=drop_path_rate, dtype=dtype)
+    # The official MixMIM rule puts the final norm and the head at num_layers (lr scale decay^1).
+    num = hierarchical.num_layers(depths)
+    return EncoderSpec(module, "hierarchical", embed * 2 ** (len(depths) - 1), 0, num,
+                       lambda path: hierarchical.layer_id(path, depths), num, ("avg",),
+                       pretrain_only=(r"mask_token",))
+  raise ValueError(f"model.encoder must be 'vit' or 'hierarchical', got {family!r}")
+
+
+def matches(name: str, patterns) -> bool:
+  return any(re.search(p, name) for p in patterns)
+
