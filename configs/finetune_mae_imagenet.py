@@ -36,7 +36,7 @@ def get_config(arg=None):
   epochs, blr, layer_decay, drop_path = RECIPES[arg.variant]
   c = base_config("finetune")
   recipes.finetune_protocol(c)
-  recipes.imagenet_data(c)
+  recipes.imagenet_run(c)
   c.model.variant = arg.variant
   c.model.drop_path = drop_path
   c.optimizer.blr = blr
@@ -44,11 +44,6 @@ def get_config(arg=None):
   c.batch_size = 1024
   c.total_epochs = epochs
   c.warmup_epochs = 5.0
-  c.compute_dtype = "bfloat16"
-  c.log_every = 100
-  c.checkpoint.every_steps = 2000
-  c.eval.every_steps = 5000
-  c.eval.batch_size = 1024
   if arg.runlocal:
     recipes.shrink_for_cpu(c)
   return c

@@ -17,15 +17,13 @@ from mim_jax.config import base_config, parse_arg
 def get_config(arg=None):
   arg = parse_arg(arg, variant="B/16", encoder="vit", runlocal=False)
   c = base_config("knn")
-  recipes.imagenet_data(c)
+  recipes.imagenet_run(c)
   c.model.encoder = arg.encoder
   c.model.variant = arg.variant
   c.eval_only = True
-  c.compute_dtype = "bfloat16"
   c.batch_size = 1024
   c.probe.enabled = False
   c.knn.enabled = True
-  c.knn.batch_size = 1024
   c.knn.pool = "cls" if arg.encoder == "vit" else "avg"
   if arg.runlocal:
     recipes.shrink_for_cpu(c)

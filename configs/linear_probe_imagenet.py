@@ -24,15 +24,13 @@ def get_config(arg=None):
     raise ValueError(f"variant must be one of {sorted(EPOCHS)}, got {arg.variant!r}")
   c = base_config("linear_probe")
   recipes.linear_probe_protocol(c)
-  recipes.imagenet_data(c)
+  recipes.imagenet_run(c)
   c.model.variant = arg.variant
   c.batch_size = 16384
   c.total_epochs = EPOCHS[arg.variant]
-  c.compute_dtype = "bfloat16"
   c.log_every = 20
   c.checkpoint.every_steps = 1000
   c.eval.every_steps = 1000
-  c.eval.batch_size = 1024
   if arg.runlocal:
     recipes.shrink_for_cpu(c)
   return c

@@ -78,9 +78,10 @@ class Checkpointer:
       raise CheckpointMismatchError(f"checkpoint {self.directory} step {step} has no {name!r}")
     check_compatible(saved, target, f"{self.directory} step {step} ({name})")
 
-  def restore(self, step: int, abstract_state):
-    """Restores params, optimizer state (and extra) into the shardings of ``abstract_state``."""
-    names = _items(abstract_state)
+  def restore(self, step: int, abstract_state, optimizer: bool = True):
+    """Restores params, optimizer state (unless ``optimizer`` is False) and extra into the
+    shardings of ``abstract_state``."""
+    names = [n for n in _items(abstract_state) if optimizer or n != "opt_state"]
     for name in names:
       self._check(step, name, abstract_state[name])
     restored = self.manager.restore(step, args=ocp.args.Composite(**{

@@ -36,8 +36,9 @@ def digits_evaluation(c):
   return c
 
 
-def imagenet_data(c):
-  """ImageNet-1K from tfds at 224 px; evaluation resizes to 256 and center-crops 224."""
+def imagenet_run(c):
+  """ImageNet-1K from tfds at 224 px (evaluation: resize 256, center crop 224), bfloat16
+  compute, and the logging / checkpoint / evaluation cadence of a multi-day run."""
   c.dataset = "tfds:imagenet2012"
   c.train_split = "train"
   c.image_size = 224
@@ -45,6 +46,12 @@ def imagenet_data(c):
   c.eval.split = "validation"
   c.knn.train_split = "train"
   c.knn.test_split = "validation"
+  c.compute_dtype = "bfloat16"
+  c.log_every = 100
+  c.checkpoint.every_steps = 2000
+  c.eval.every_steps = 5000
+  c.eval.batch_size = 1024
+  c.knn.batch_size = 1024
   return c
 
 

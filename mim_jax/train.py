@@ -154,7 +154,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   schedule, total_steps = schedule_for(config, info.num_examples)
   base_key = jax.random.key(config.seed)
   abstract_params = jax.eval_shape(method.init, stream_key(base_key, "init", 0))
-  tx = optimizer_for(config, method, schedule, abstract_params)
+  # An evaluation needs no optimizer state (and restores none).
+  tx = (optax.set_to_zero() if config.eval_only
+        else optimizer_for(config, method, schedule, abstract_params))
   init = state_initializer(method, tx, base_key, ema=config.ema_decay > 0)
   abstract_state = ckpt_lib.abstract(jax.eval_shape(init), replicated)
   n_params = sum(x.size for x in jax.tree.leaves(abstract_state["params"]))
@@ -166,7 +168,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   ckpt = ckpt_lib.Checkpointer(workdir, config.checkpoint.keep, config.checkpoint.async_save)
   start = ckpt.latest_step()
   if start is not None:
-    state = ckpt.restore(start, abstract_state)
+    state = ckpt.restore(start, abstract_state, optimizer=not config.eval_only)
+    state.setdefault("opt_state", jax.jit(tx.init)(state["params"]))
     state["step"] = jax.device_put(jnp.asarray(start, jnp.int32), replicated)
     state.setdefault("extra", {})
     log.info("resumed from %s at step %d", ckpt.directory, start)

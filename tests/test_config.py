@@ -81,3 +81,70 @@ def test_resolved_config_round_trips(tmp_path):
   path = config_lib.save(c, str(tmp_path))
   saved = json.load(open(path))
   assert saved["seed"] == 7 and saved["model"]["variant"] == c.model.variant
+
+
+def _load(name):
+  return config_lib.load(os.path.join(ROOT, "configs", name))
+
+
+def test_every_config_file_loads_with_its_variants():
+  names = sorted(n for n in os.listdir(os.path.join(ROOT, "configs")) if n.endswith(".py"))
+  assert len(names) >= 11
+  variants = {"finetune_mae_imagenet.py": ("B/16", "L/16", "H/14"),
+              "linear_probe_imagenet.py": ("B/16", "L/16", "H/14"),
+              "finetune_mixmim_imagenet.py": ("B", "L"), "mae_imagenet.py": ("B/16", "L/16")}
+  for name in names:
+    for arg in variants.get(name, (None,)):
+      spec = name if arg is None else f"{name}:variant={arg}"
+      c = _load(spec)
+      assert c.method in ("mae", "finetune", "linear_probe", "knn"), spec
+
+
+def test_fine_tune_and_linear_probe_recipes_match_evaluation_md():
+  """The numbers of ../shared/methods/evaluation.md and the official scripts."""
+  for variant, (epochs, blr, decay, drop) in {"B/16": (100, 5e-4, 0.65, 0.1),
+                                              "L/16": (50, 1e-3, 0.75, 0.2),
+                                              "H/14": (50, 1e-3, 0.75, 0.3)}.items():
+    c = _load(f"finetune_mae_imagenet.py:variant={variant}")
+    assert (c.total_epochs, c.optimizer.blr, c.optimizer.layer_decay, c.model.drop_path) == \
+        (epochs, blr, decay, drop)
+    assert (c.batch_size, c.optimizer.b1, c.optimizer.b2, c.optimizer.weight_decay) == \
+        (1024, 0.9, 0.999, 0.05)
+    assert (c.warmup_epochs, c.optimizer.min_lr, c.model.label_smoothing) == (5.0, 1e-6, 0.1)
+    assert (c.model.mixup, c.model.cutmix, c.data.random_erase) == (0.8, 1.0, 0.25)
+    assert c.data.randaugment == "rand-m9-mstd0.5-inc1" and c.model.pool == "avg"
+    assert c.data.crop_scale == (0.08, 1.0) and c.init_from == ""
+  scratch = _load("supervised_imagenet.py")
+  assert scratch.init_from == "" and scratch.optimizer.blr == 5e-4 and scratch.method == "finetune"
+  lp = _load("linear_probe_imagenet.py")
+  assert (lp.optimizer.name, lp.optimizer.blr, lp.batch_size, lp.total_epochs) == \
+      ("lars", 0.1, 16384, 90.0)
+  assert (lp.optimizer.momentum, lp.optimizer.trust_coefficient, lp.optimizer.weight_decay,
+          lp.warmup_epochs, lp.model.pool) == (0.9, 0.001, 0.0, 10.0, "cls")
+  assert _load("linear_probe_imagenet.py:variant=L/16").total_epochs == 50.0
+  mix = _load("finetune_mixmim_imagenet.py")
+  assert (mix.model.encoder, mix.optimizer.layer_decay, mix.optimizer.blr) == \
+      ("hierarchical", 0.7, 5e-4)
+  sim = _load("finetune_simmim_imagenet.py")
+  # SimMIM scales lr per 512 images: 1.25e-3 * 2048 / 512 = 5e-3.
+  assert abs(sim.optimizer.blr * sim.batch_size / 256 - 5e-3) < 1e-12
+  assert (sim.warmup_epochs, sim.optimizer.grad_clip_norm, sim.optimizer.layer_decay) == \
+      (20.0, 5.0, 0.65)
+  knn = _load("knn_imagenet.py")
+  assert knn.eval_only and (knn.knn.k, knn.knn.temperature) == (20, 0.07)
+
+
+def test_classifier_sizes_of_the_imagenet_fine_tune_configs():
+  """ViT-B/16 classifier with a learnable position embedding: 86,567,656 parameters (timm's
+  vit_base_patch16_224); MixMIM-B: 87.94 M trainable (mixmim.md: 88.34 M with the fixed 0.40 M
+  sin-cos table), of which the head 1.02 M."""
+  import jax
+  from mim_jax import methods
+  for name, expect in (("finetune_mae_imagenet.py", 86_567_656),
+                       ("finetune_mixmim_imagenet.py", 87_942_944)):
+    c = _load(name)
+    method = methods.get("finetune")(c, 3, num_classes=1000)
+    shapes = jax.eval_shape(method.init, jax.random.key(0))
+    assert sum(x.size for x in jax.tree.leaves(shapes)) == expect, name
+    assert sum(x.size for x in jax.tree.leaves(shapes["head"])) == \
+        (768 if "mae" in name else 1024) * 1000 + 1000

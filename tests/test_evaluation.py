@@ -261,3 +261,25 @@ def test_ema_and_extra_state_in_the_step():
   np.testing.assert_allclose(state["params"]["w"], w, rtol=1e-6)
   np.testing.assert_allclose(state["extra"]["ema_params"]["w"], ema, rtol=1e-6)
   assert int(state["extra"]["count"]) == 3
+
+
+# --------------------------------------------------------------------------------------------
+def test_finetune_on_the_hierarchical_encoder(tmp_path):
+  """MixMIM's fine-tune recipe (runlocal: tiny hierarchical encoder, 32 px) on digits: MixMIM's
+  layer ids (head and final norm at num_layers: scale decay ** 1), a few steps, top-1 logged."""
+  c = config_lib.load(os.path.join(ROOT, "configs", "finetune_mixmim_imagenet.py:runlocal"))
+  for key, value in {"dataset": "digits", "data.mean": "(0.5,)", "data.std": "(0.5,)",
+                     "data.eval_crop_pct": "1.0", "eval.split": "test", "total_steps": "3",
+                     "eval.every_steps": "3", "eval.max_examples": "32",
+                     "checkpoint.every_steps": "3"}.items():
+    config_lib.override(c, key, value)
+  method = methods.get("finetune")(c, 1, num_classes=10)
+  params = jax.eval_shape(method.init, jax.random.key(0))
+  ids, num_layers = method.layer_ids(params)
+  assert num_layers == 4                                          # tiny_test: depths (1, 1, 1, 1)
+  assert ids["head"]["kernel"] == ids["encoder"]["norm"]["scale"] == 4
+  assert ids["encoder"]["patch_embed"]["kernel"] == 0
+  assert ids["encoder"]["stage_1"]["block_0"]["attn"]["qkv"]["kernel"] == 2
+  assert ids["encoder"]["stage_0"]["merge"]["reduction"]["kernel"] == 2   # with the next stage
+  out = train.train_and_evaluate(c, str(tmp_path / "mixmim_ft"))
+  assert 0.0 <= out["eval/top1"] <= out["eval/top5"] <= 1.0 and out["eval/examples"] == 32
