@@ -165,6 +165,7 @@ def test_restore_encoder_from_pretraining_and_mismatch_error(pretrained):
   np.testing.assert_allclose(params["encoder"]["pos_embed"][0], sincos_2d(32, 4, 4, True),
                              atol=1e-6)
   np.testing.assert_array_equal(params["head"]["kernel"], fresh["head"]["kernel"])
+  assert 0.85 < np.std(fresh["head"]["kernel"]) / 2e-5 < 1.15      # MAE's head init, std 2e-5
 
   wide = finetune_config(**{"model.width": 64})
   other = methods.get("finetune")(wide, 1, num_classes=10)

@@ -17,6 +17,12 @@ from mim_jax.models.vit import LN_EPS
 from mim_jax.patches import patchify
 
 
+def trunc_normal(std: float):
+  """N(0, std^2) cut at +-2 in absolute units (PyTorch's trunc_normal_ default), so in effect
+  untruncated for the small std of the heads."""
+  return nn.initializers.truncated_normal(std, lower=-2.0 / std, upper=2.0 / std)
+
+
 def _pooled(encoder, patch_size, images, pool, deterministic):
   x = patchify(images, patch_size) if patch_size else images
   tokens = encoder(x.astype(encoder.dtype), deterministic=deterministic)
@@ -40,7 +46,7 @@ class Classifier(nn.Module):
     if self.fc_norm:
       x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="fc_norm")(x)
     head = nn.Dense(self.num_classes, dtype=self.dtype, name="head",
-                    kernel_init=nn.initializers.truncated_normal(self.head_init_std))
+                    kernel_init=trunc_normal(self.head_init_std))
     return head(x).astype(jnp.float32)
 
 
@@ -57,5 +63,5 @@ class ProbeClassifier(nn.Module):
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-6, use_bias=False,
                      use_scale=False, dtype=jnp.float32, name="bn")(x.astype(jnp.float32))
     head = nn.Dense(self.num_classes, name="head",
-                    kernel_init=nn.initializers.truncated_normal(0.01))
+                    kernel_init=trunc_normal(0.01))
     return head(x)
