@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_helpers import assert_batches_equal, make_config, take
 from mim_jax import data
 from mim_jax.data import randaugment as ra
 from mim_jax.data import random_erasing, sources, transforms
@@ -260,26 +261,7 @@ def test_random_erasing_distribution():
 # ----------------------------------------------------------------- pipeline
 
 
-def make_config(**overrides):
-    cfg = ml_collections.ConfigDict(dict(
-        data_dir=None, crop_scale=(0.2, 1.0), crop_ratio=(0.75, 1.3333333), flip=True,
-        eval_crop_pct=0.875, mean=(0.5,), std=(0.5,), shuffle_buffer=10000, num_workers=2,
-        randaugment="", random_erase=0.0))
-    cfg.update(overrides)
-    return cfg
-
-
 AUG = dict(randaugment="rand-m9-mstd0.5-inc1", random_erase=0.25)
-
-
-def take(iterator, n):
-    return [next(iterator) for _ in range(n)]
-
-
-def assert_batches_equal(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 def test_digits_stream_with_augmentations_is_deterministic_and_resumable():
