@@ -3,6 +3,7 @@
   python -m benchmarks.mae_step --workload tiny32 [--workload base224 | --workload all]
       [--dtype float32|bfloat16] [--steps N] [--warmup N] [--batch_size B]
       [--peak_flops F] [--peer torch [--torch_compile] [--rounds R]]
+      [--masking random|amt|both]
 
 The step is the project's own: ``train.make_train_step`` over ``methods.get("mae")``, AdamW from
 ``optim.make_optimizer``, jitted by ``train.jit_train_step`` on ``train.make_mesh()``, fed a
@@ -10,7 +11,10 @@ random [B, H, W, 3] float32 batch sharded over the mesh's "data" axis. Compilati
 before timing; each timed step ends with ``jax.block_until_ready``; ``step_s`` is the median.
 FLOPs come from XLA's cost analysis of the compiled step. With ``--peer torch`` the PyTorch
 peer (``benchmarks.torch_peer``, in its own process) is timed in alternating rounds, and a
-third line gives ``jax_over_torch`` = JAX images/s over torch images/s. See README.md.
+third line gives ``jax_over_torch`` = JAX images/s over torch images/s. ``--masking amt`` times
+the AMT step instead (amt.md: r 0.45 / t 0.40, the weights drawn from a random attention cache);
+``--masking both`` times MAE and MAE + AMT in alternating rounds and adds a line with
+``amt_speedup`` (MAE step time over MAE + AMT step time) and ``amt_flops_ratio``. See README.md.
 """
 
 import argparse
@@ -29,7 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from benchmarks import (INSTALL_HINT, WORKLOADS, Workload, peak_flops, peak_rss,
                         reset_peak_rss, select)
 from mim_jax import config as config_lib
-from mim_jax import methods, optim, train
+from mim_jax import data, methods, optim, train
 from mim_jax.models.vit import parse_variant
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,9 +42,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ---------------------------------------------------------------------------------------------
 # The JAX side.
 # ---------------------------------------------------------------------------------------------
-def make_config(w: Workload, dtype: str = "float32", batch_size: int = 0):
+def make_config(w: Workload, dtype: str = "float32", batch_size: int = 0, masking="random"):
   """mim_jax's config of the workload, from ``base_config("mae")`` like a real run."""
   c = config_lib.base_config("mae")
+  c.model.masking = masking          # amt: config.amt's defaults, the MAE + AMT recipe's ratios
   c.image_size = w.image_size
   c.batch_size = batch_size or w.batch_size
   c.compute_dtype = dtype
@@ -78,16 +83,20 @@ def cost_flops(compiled) -> float:
 class JaxStep:
   """The compiled train step of a workload, its state and a fixed random batch."""
 
-  def __init__(self, w: Workload, dtype="float32", batch_size=0, devices=None, seed=0):
+  def __init__(self, w: Workload, dtype="float32", batch_size=0, devices=None, seed=0,
+               masking="random"):
     self.workload = w
-    self.config = config = make_config(w, dtype, batch_size)
+    self.config = config = make_config(w, dtype, batch_size, masking)
     self.batch_size = config.batch_size
     self.mesh = mesh = train.make_mesh(devices)
     self.devices = mesh.devices.size
     if self.batch_size % self.devices:
       raise ValueError(f"batch_size {self.batch_size} does not divide over "
                        f"{self.devices} devices")
-    method = methods.get("mae")(config, channels=w.channels)
+    # AMT's cache gets one map per image of the batch (ids 0..B-1), in its 'amt' stage.
+    info = data.DatasetInfo(1000, w.channels, 1_281_167, base_split_size=self.batch_size)
+    method = methods.get("mae")(config, channels=w.channels, data_info=info)
+    stage = "amt" if masking == "amt" else None
     schedule, _ = train.schedule_for(config, num_examples=1_281_167)
     tx = optim.make_optimizer(config.optimizer, schedule)
     base_key = jax.random.key(config.seed + seed)
@@ -96,8 +105,16 @@ class JaxStep:
     self.params = sum(int(x.size) for x in jax.tree.leaves(self.state["params"]))
     images = np.random.default_rng(seed).standard_normal(
         (self.batch_size, w.image_size, w.image_size, w.channels), dtype=np.float32)
-    self.batch = {"image": jax.device_put(images, NamedSharding(mesh, P("data")))}
-    step = train.jit_train_step(train.make_train_step(method, tx, schedule, base_key), mesh)
+    batch = {"image": images}
+    if stage:
+      rng = np.random.default_rng(seed + 1)
+      batch["id"] = np.arange(self.batch_size, dtype=np.int32)
+      self.state["extra"]["amt_cache"] = jax.device_put(
+          rng.uniform(size=self.state["extra"]["amt_cache"].shape).astype(np.float16),
+          NamedSharding(mesh, P()))
+    self.batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
+    step = train.jit_train_step(train.make_train_step(method, tx, schedule, base_key,
+                                                      stage=stage), mesh)
     t0 = time.perf_counter()
     self.compiled = step.lower(self.state, self.batch).compile()
     self.compile_s = time.perf_counter() - t0
@@ -217,7 +234,7 @@ def bench_workload(w: Workload, args):
   if args.peer:
     peer = TorchPeerProcess(w, args.dtype, args.batch_size or w.batch_size, args.torch_compile)
   try:
-    jx = JaxStep(w, args.dtype, args.batch_size)
+    jx = JaxStep(w, args.dtype, args.batch_size, masking=args.masking)
     dev = jx.mesh.devices.flat[0]
     peak, peak_source = peak_flops(dev.device_kind, dev.platform, args.dtype, args.peak_flops)
     if peer:
@@ -272,6 +289,34 @@ def bench_workload(w: Workload, args):
       peer.close()
 
 
+def bench_amt(w: Workload, args):
+  """MAE and MAE + AMT on the same workload and batch, in alternating rounds."""
+  load_1m = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+  steps = {m: JaxStep(w, args.dtype, args.batch_size, masking=m) for m in ("random", "amt")}
+  dev = steps["random"].mesh.devices.flat[0]
+  peak, _ = peak_flops(dev.device_kind, dev.platform, args.dtype, args.peak_flops)
+  times = {m: [] for m in steps}
+  for m in steps:
+    steps[m].run(args.warmup)
+  for n in split_steps(args.steps, max(args.rounds, 3)):
+    for m in steps:
+      times[m] += steps[m].run(n)
+  rows = []
+  for m, jx in steps.items():
+    row = {"workload": w.name, "impl": "mim_jax", "masking": m, "dtype": args.dtype,
+           "batch_size": jx.batch_size, "steps": args.steps, "load_avg_1m_at_start": load_1m,
+           "device_kind": dev.device_kind, "devices": jx.devices,
+           **summarize(times[m], jx.batch_size, jx.flops, peak)}
+    row.update(mfu=jx.flops_per_device / row["step_s"] / peak if peak else None,
+               flops_per_step=jx.flops, loss=jx.loss())
+    rows.append(row)
+  mae, amt_row = rows
+  rows.append({"workload": w.name, "dtype": args.dtype,
+               "amt_speedup": mae["step_s"] / amt_row["step_s"],
+               "amt_flops_ratio": amt_row["flops_per_step"] / mae["flops_per_step"]})
+  return rows
+
+
 def parse_args(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--workload", action="append",
@@ -288,6 +333,8 @@ def parse_args(argv=None):
   ap.add_argument("--rounds", type=int, default=0,
                   help="with --peer: alternating jax/torch rounds (default min(steps, 3))")
   ap.add_argument("--torch_compile", action="store_true", help="with --peer: torch.compile")
+  ap.add_argument("--masking", choices=["random", "amt", "both"], default="random",
+                  help="MAE's random masking, AMT (amt.md), or both with their ratio")
   args = ap.parse_args(argv)
   if args.steps < 1 or args.warmup < 0:
     ap.error("--steps must be >= 1 and --warmup >= 0")
@@ -305,8 +352,14 @@ def main(argv=None):
     require_peer(args.peer)
     # Both processes share an accelerator: keep JAX from taking 75% of its memory up front.
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")
+  if args.peer and args.masking != "random":
+    raise SystemExit("error: --peer compares MAE with random masking only")
   for name in args.workloads:
-    for row in bench_workload(WORKLOADS[name], args):
+    if args.masking == "both":
+      rows = bench_amt(WORKLOADS[name], args)
+    else:
+      rows = bench_workload(WORKLOADS[name], args)
+    for row in rows:
       print(json.dumps(row), flush=True)
 
 

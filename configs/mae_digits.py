@@ -27,26 +27,6 @@ def get_config(arg=None):
   c.model.decoder_width, c.model.decoder_depth, c.model.decoder_heads = 64, 2, 4
   c.model.mask_ratio = 0.75
   c.model.norm_pix_loss = False
-  c.batch_size = 128
-  c.total_epochs = 100.0
-  c.warmup_epochs = 10.0
+  recipes.digits_pretraining(c, arg.runlocal)
   c.optimizer.blr = 1.5e-3
-  c.log_every = 100
-  c.image_every = 1000
-  c.checkpoint.every_steps = 500
-  c.probe.train_split = "train"
-  c.probe.test_split = "test"
-  c.probe.every_steps = 500
-  c.probe.train_examples = 300
-  c.probe.test_examples = 360
-  c.probe.batch_size = 256
-  c.probe.pool = "avg"
-  c.probe.random_init = True
-  if arg.runlocal:
-    c.total_epochs = 4.0
-    c.warmup_epochs = 1.0
-    c.log_every = 10
-    c.image_every = 40
-    c.checkpoint.every_steps = 20
-    c.probe.every_steps = 40
   return c

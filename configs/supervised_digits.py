@@ -7,19 +7,10 @@ result on digits is shown against.
 Measured: RESULTS.md.
 """
 
-import importlib.util
-import os
+from mim_jax import recipes
 
 
 def get_config(arg=None):
-  c = _finetune_config().get_config(arg)
+  c = recipes.sibling_config("finetune_digits", arg)
   c.init_from = ""
   return c
-
-
-def _finetune_config():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "finetune_digits.py")
-  spec = importlib.util.spec_from_file_location("_finetune_digits", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module

@@ -67,6 +67,9 @@ def base_config(method: str = "mae") -> ConfigDict:
   c.optimizer = ConfigDict(dict(
       name="adamw",               # adamw | lars
       blr=1.5e-4, b1=0.9, b2=0.95, weight_decay=0.05, min_lr=0.0, grad_clip_norm=0.0,
+      schedule="cosine",          # cosine (to min_lr) | multistep (x decay_rate at decay_epochs)
+      warmup_lr=0.0,              # lr at step 0, rising linearly to the peak over the warmup
+      decay_epochs=(), decay_rate=0.1,         # multistep
       momentum=0.9, trust_coefficient=0.001,   # lars
       layer_decay=1.0,            # layer-wise lr decay (fine-tuning: 0.65 - 0.75); 1 = off
       wd_exclude=()))             # regexes of parameter paths without weight decay (besides 1-D)
@@ -88,6 +91,15 @@ def base_config(method: str = "mae") -> ConfigDict:
   c.knn = ConfigDict(dict(
       enabled=False, every_steps=5000, train_split="train", test_split="validation",
       train_examples=0, test_examples=0, batch_size=256, pool="cls", k=20, temperature=0.07))
+  # --- AMT: attention-driven masking and throwing (amt.md), on with model.masking='amt' ---
+  c.amt = ConfigDict(dict(
+      mask_ratio=0.45, throw_ratio=0.40,      # MAE's; SimMIM's are 0.44 / 0.26 (on mask cells)
+      start_epoch=40.0,          # plain random masking before; first attention refresh at it
+      interval_epochs=40.0,      # refresh the attention maps every this many epochs
+      throw_lowest=False,        # throw the lowest-weight patches (the paper's figure)
+      faithful_crop_bug=False,   # align maps with the crop as the released code does (wrongly)
+      batch_size=256,            # global batch of the refresh pass
+      images=8))                 # images in the PNG written at each refresh
   # --- restoring and evaluating earlier runs ---
   c.init_from = ""               # a workdir whose checkpoint initializes the parameters
   c.init_step = -1               # its step; -1 = latest

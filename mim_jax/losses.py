@@ -20,3 +20,15 @@ def masked_mse(pred, target, mask):
   """
   per_patch = jnp.mean(jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)), -1)
   return jnp.sum(per_patch * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def masked_l1(pred, target, mask, channels: int, eps: float = 1e-5):
+  """SimMIM's loss: L1 over the pixels of masked patches, divided by (masked pixels + eps) and
+  by the channels: sum(|pred - x| * mask) / (sum(mask) + eps) / C with the mask at pixel level.
+
+  pred, target: [B, L, p*p*C]; mask: [B, L] with 1 = masked.
+  """
+  diff = jnp.abs(pred.astype(jnp.float32) - target.astype(jnp.float32))
+  pixels_per_patch = pred.shape[-1] // channels
+  masked_pixels = jnp.sum(mask) * pixels_per_patch
+  return jnp.sum(diff.sum(-1) * mask) / (masked_pixels + eps) / channels

@@ -3,8 +3,11 @@
 Every count depends only on static arguments, so the arrays have static shapes under ``jit``.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
@@ -31,3 +34,85 @@ def random_masking(key, batch_size: int, num_patches: int, mask_ratio: float):
   ids_keep = ids_shuffle[:, :kept]
   mask = (ids_restore >= kept).astype(jnp.float32)
   return ids_keep, ids_restore, mask
+
+
+def num_masked_cells(num_cells: int, mask_ratio: float) -> int:
+  """SimMIM's count: ``ceil(cells * ratio)`` (49 cells at 0.6: 30)."""
+  masked = math.ceil(num_cells * mask_ratio)
+  if not 0 < masked < num_cells:
+    raise ValueError(f"mask_ratio {mask_ratio} masks {masked} of {num_cells} cells")
+  return masked
+
+
+def block_masking(key, batch_size: int, num_cells: int, mask_ratio: float):
+  """SimMIM's masking on the grid of mask cells: ``ceil(cells * ratio)`` cells chosen by a
+  random permutation. Returns float32 [B, cells], 1 on masked cells."""
+  masked = num_masked_cells(num_cells, mask_ratio)
+  ranks = jnp.argsort(jnp.argsort(jax.random.uniform(key, (batch_size, num_cells)), axis=1),
+                      axis=1)
+  return (ranks < masked).astype(jnp.float32)
+
+
+def cells_to_patches(cell_values, cell_grid: tuple, scale: int):
+  """[B, ch * cw] values on mask cells -> [B, (ch * scale) * (cw * scale)] on the patches they
+  cover (each cell is ``scale x scale`` patches; row-major order on both grids)."""
+  b = cell_values.shape[0]
+  x = cell_values.reshape(b, *cell_grid)
+  x = jnp.repeat(jnp.repeat(x, scale, axis=1), scale, axis=2)
+  return x.reshape(b, -1)
+
+
+def cell_patch_ids(cell_grid: tuple, scale: int) -> np.ndarray:
+  """int32 [cells, scale * scale]: the patch indices (row-major on the patch grid) of each cell."""
+  ch, cw = cell_grid
+  rows = np.arange(ch)[:, None, None, None] * scale + np.arange(scale)[None, None, :, None]
+  cols = np.arange(cw)[None, :, None, None] * scale + np.arange(scale)[None, None, None, :]
+  return (rows * (cw * scale) + cols).reshape(ch * cw, scale * scale).astype(np.int32)
+
+
+# --------------------------------------------------------------------------------------------
+# AMT: weighted ordering, then masked / thrown / visible with static counts (amt.md).
+# --------------------------------------------------------------------------------------------
+def amt_counts(num_units: int, mask_ratio: float, throw_ratio: float, rounding: str):
+  """(masked, thrown, visible) out of ``num_units`` patches or cells.
+
+  'floor' is MAE + AMT's code: masked = int(L r), thrown = int(L (r + t)) - masked (196 at
+  0.45 / 0.40: 88 / 78 / 30). 'ceil' is SimMIM + AMT's: ceil(L r) and ceil(L t) (49 cells at
+  0.44 / 0.26: 22 / 13 / 14).
+  """
+  if rounding == "floor":
+    masked = int(num_units * mask_ratio)
+    thrown = int(num_units * (mask_ratio + throw_ratio)) - masked
+  elif rounding == "ceil":
+    masked = math.ceil(num_units * mask_ratio)
+    thrown = math.ceil(num_units * throw_ratio)
+  else:
+    raise ValueError(f"rounding must be 'floor' or 'ceil', got {rounding!r}")
+  visible = num_units - masked - thrown
+  if masked < 1 or thrown < 0 or visible < 1:
+    raise ValueError(f"mask ratio {mask_ratio} and throw ratio {throw_ratio} leave "
+                     f"{masked} masked / {thrown} thrown / {visible} visible of {num_units}")
+  return masked, thrown, visible
+
+
+def weighted_order(key, weights):
+  """A random ordering [B, L] of each row's units, drawn without replacement with probability
+  proportional to ``weights`` [B, L] (Gumbel-top-k: the same distribution as
+  ``torch.multinomial(weights, L)``): the first entry is unit i with probability w_i / sum(w)."""
+  gumbel = jax.random.gumbel(key, weights.shape)
+  scores = jnp.log(weights.astype(jnp.float32) + 1e-6) + gumbel
+  return jnp.argsort(-scores, axis=1).astype(jnp.int32)
+
+
+def amt_split(order, counts, throw_lowest: bool = False):
+  """(masked, thrown, visible) unit ids [B, n] from an ``order`` [B, L] (highest weight first).
+
+  The first ``masked`` of the order are masked; then, as AMT's code does, the next ``thrown``
+  are thrown and the rest stay visible. ``throw_lowest`` throws the last ``thrown`` instead (the
+  lowest weights) and keeps the middle ranks visible (the paper's figure).
+  """
+  masked, thrown, _ = counts
+  if throw_lowest:
+    cut = order.shape[1] - thrown
+    return order[:, :masked], order[:, cut:], order[:, masked:cut]
+  return order[:, :masked], order[:, masked:masked + thrown], order[:, masked + thrown:]

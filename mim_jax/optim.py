@@ -2,7 +2,8 @@
 
 * AdamW (pre-training, fine-tuning) or LARS (linear probing, evaluation.md), each after optional
   global-norm clipping;
-* per-step linear warmup then half-cycle cosine;
+* per-step linear warmup (from ``optimizer.warmup_lr``), then half-cycle cosine or steps
+  (``optimizer.schedule``);
 * weight decay on parameters with more than one dimension, minus names matched by
   ``optimizer.wd_exclude`` (regexes over 'a/b/c' parameter paths);
 * layer-wise lr decay: the update of each parameter is multiplied by its scale
@@ -23,15 +24,40 @@ def learning_rate(blr: float, batch_size: int) -> float:
   return blr * batch_size / 256
 
 
-def warmup_cosine(peak_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0):
-  """lr(step): linear from 0 to ``peak_lr`` over ``warmup_steps``, then cosine to ``min_lr``."""
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """Optimizer steps in one pass over ``num_examples`` (the last partial batch dropped)."""
+  return max(1, num_examples // batch_size)
+
+
+def _warmup(step, peak_lr, warmup_steps, init_lr):
+  return init_lr + (peak_lr - init_lr) * step / max(warmup_steps, 1)
+
+
+def warmup_cosine(peak_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0,
+                  init_lr: float = 0.0):
+  """lr(step): linear from ``init_lr`` to ``peak_lr`` over ``warmup_steps``, then cosine to
+  ``min_lr``."""
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
-    warm = peak_lr * step / max(warmup_steps, 1)
+    warm = _warmup(step, peak_lr, warmup_steps, init_lr)
     progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
     progress = jnp.clip(progress, 0.0, 1.0)
     cos = min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
     return jnp.where(step < warmup_steps, warm, cos)
+  return schedule
+
+
+def warmup_multistep(peak_lr: float, warmup_steps: int, milestones, rate: float,
+                     init_lr: float = 0.0):
+  """lr(step): linear warmup from ``init_lr``, then ``peak_lr`` times ``rate`` per milestone
+  passed (SimMIM's ViT pre-training: x0.1 at epoch 700 of 800, set per step)."""
+  milestones = jnp.asarray(sorted(milestones), jnp.float32)
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    passed = jnp.sum(step >= milestones) if milestones.size else 0
+    return jnp.where(step < warmup_steps, _warmup(step, peak_lr, warmup_steps, init_lr),
+                     peak_lr * rate ** passed)
   return schedule
 
 

@@ -5,7 +5,8 @@ from a pre-training checkpoint of any method. The checkpoint's encoder must matc
 config describes, up to two known, named differences between pre-training and fine-tuning
 (``EncoderSpec.pretrain_only``: e.g. the final LayerNorm that average pooling replaces, a [MASK]
 token; ``EncoderSpec.finetune_new``: e.g. a learnable position embedding, which starts from its
-initial sin-cos value). Anything else that differs is a ``CheckpointMismatchError`` that names
+initial sin-cos value; ``EncoderSpec.copied_from``: SimMIM's per-block relative position biases,
+each starting as a copy of the pre-training's shared one). Anything else that differs is a ``CheckpointMismatchError`` that names
 the first mismatching parameter.
 
 A checkpoint that already holds a classifier (a ``head``) is restored whole: that is how a
@@ -13,6 +14,7 @@ fine-tuned run is evaluated.
 """
 
 import logging
+import re
 
 import jax
 import numpy as np
@@ -64,14 +66,28 @@ def adapt_encoder(saved, target, spec, source: str):
   must match in name and shape.
   """
   have, want = _flat(saved), _flat(target)
-  dropped = sorted(n for n in set(have) - set(want) if matches(n, spec.pretrain_only))
-  added = sorted(n for n in set(want) - set(have) if matches(n, spec.finetune_new))
+  copies, sources = {}, set()  # parameters new here that start as a copy of a saved one
+  for name in set(want) - set(have):
+    source = next((src for pattern, src in spec.copied_from
+                   if re.search(pattern, name) and src in have), None)
+    if source is not None:
+      ckpt_lib.check_compatible({name: have[source]}, {name: want[name]}, source)
+      copies[name] = have[source]
+      sources.add(source)
+  dropped = sorted(n for n in set(have) - set(want)
+                   if n in sources or matches(n, spec.pretrain_only))
+  added = sorted(n for n in set(want) - set(have)
+                 if n not in copies and matches(n, spec.finetune_new))
   kept = {n: v for n, v in have.items() if n not in dropped}
+  kept.update(copies)
   ckpt_lib.check_compatible(kept, {n: v for n, v in want.items() if n not in added}, source)
   if dropped:
     log.info("encoder parameters of the checkpoint not used here: %s", ", ".join(dropped))
   if added:
     log.info("encoder parameters new here (kept at their initial value): %s", ", ".join(added))
+  if copies:
+    log.info("encoder parameters copied from the checkpoint's shared ones: %s",
+             ", ".join(sorted(copies)))
   flat, treedef = jax.tree_util.tree_flatten_with_path(target)
   leaves = []
   for path, value in flat:

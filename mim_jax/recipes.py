@@ -3,6 +3,27 @@ the evaluation protocols' recipes (evaluation.md). Config files call these, then
 their own (sizes, epochs, learning rates), so each file still reads as the full recipe.
 """
 
+import importlib.util
+import os
+
+
+def sibling_config(name: str, arg=None):
+  """The config of ``configs/<name>.py`` (for a config that is another one plus a change)."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  path = os.path.join(os.path.dirname(here), "configs", name + ".py")
+  spec = importlib.util.spec_from_file_location("_mim_jax_config_" + name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def amt(c, mask_ratio: float, throw_ratio: float, start_epoch: float, interval_epochs: float):
+  """AMT masking (amt.md) on a MAE or SimMIM config."""
+  c.model.masking = "amt"
+  c.amt.mask_ratio, c.amt.throw_ratio = mask_ratio, throw_ratio
+  c.amt.start_epoch, c.amt.interval_epochs = start_epoch, interval_epochs
+  return c
+
 
 def digits_data(c):
   """scikit-learn's 8x8 digits upsampled to 16x16 grey images; train 1437 / test 360."""
@@ -23,6 +44,34 @@ def digits_encoder(m):
   m.variant = "tiny_test/4"
   m.width, m.depth, m.heads = 128, 4, 4
   return m
+
+
+def digits_pretraining(c, runlocal: bool = False):
+  """The digits demo's pre-training budget and fast probe (shared by MAE, SimMIM, AMT): batch
+  128, 100 epochs (10 warmup); the probe fits 300 labelled training images and scores the 360
+  test images, with mean-pooled features, also at random init. ``runlocal``: 4 epochs."""
+  c.batch_size = 128
+  c.total_epochs = 100.0
+  c.warmup_epochs = 10.0
+  c.log_every = 100
+  c.image_every = 1000
+  c.checkpoint.every_steps = 500
+  c.probe.train_split = "train"
+  c.probe.test_split = "test"
+  c.probe.every_steps = 500
+  c.probe.train_examples = 300
+  c.probe.test_examples = 360
+  c.probe.batch_size = 256
+  c.probe.pool = "avg"
+  c.probe.random_init = True
+  if runlocal:
+    c.total_epochs = 4.0
+    c.warmup_epochs = 1.0
+    c.log_every = 10
+    c.image_every = 40
+    c.checkpoint.every_steps = 20
+    c.probe.every_steps = 40
+  return c
 
 
 def digits_evaluation(c):
@@ -89,6 +138,41 @@ def linear_probe_protocol(c):
   c.model.pool = "cls"
   c.data.crop_scale = (0.08, 1.0)
   c.probe.enabled = False
+  return c
+
+
+def simmim_vit_b(c, batch_size: int):
+  """SimMIM's ViT-B/16 pre-training (microsoft/SimMIM, vit_base__800ep): model options, AdamW,
+  lr per 512 images, warmup from 5e-7, clipping, crop (0.67-1); see configs/simmim_imagenet.py."""
+  c.model.variant = "B/16"
+  c.model.pos_embed, c.model.rel_pos = "none", "shared"
+  c.model.layer_scale, c.model.qkv_bias, c.model.init = 0.1, "qv", "beit"
+  c.model.drop_path = 0.1
+  c.model.mask_patch_size = 32
+  c.batch_size = batch_size
+  c.optimizer.blr = 1e-4 * 256 / 512       # SimMIM scales per 512 images, this project per 256
+  c.optimizer.b1, c.optimizer.b2 = 0.9, 0.999
+  c.optimizer.weight_decay = 0.05
+  c.optimizer.wd_exclude = ("pos_embed", "cls_token")
+  c.optimizer.grad_clip_norm = 5.0
+  c.optimizer.warmup_lr = 5e-7 * batch_size / 512
+  c.data.crop_scale = (0.67, 1.0)
+  c.data.crop_ratio = (3 / 4, 4 / 3)
+  c.image_every = 5000
+  c.probe.train_split, c.probe.test_split = "train", "validation"
+  c.probe.train_examples = c.probe.test_examples = 10_000
+  c.probe.every_steps = 10_000
+  c.probe.batch_size = 512
+  return c
+
+
+def amt_runlocal(c):
+  """``runlocal`` of an AMT recipe: 256 training images (16 steps per epoch at batch 16), AMT
+  from step 4 with a refresh every 3 steps, so the 10 steps cross the stage change and two
+  refreshes."""
+  c.train_split = "train[:256]"
+  c.amt.start_epoch, c.amt.interval_epochs = 4 / 16, 3 / 16
+  c.amt.batch_size = 16
   return c
 
 

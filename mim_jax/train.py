@@ -1,11 +1,13 @@
 """The generic trainer: one loop for every pre-training method.
 
 Read top to bottom: mesh | schedule and optimizer | state | step function | the run itself
-(data, restore or initialize, evaluators, loop with logging, images, checkpoints, preemption).
+(data, restore or initialize, evaluators, loop with the method's hooks and stages, logging,
+images, checkpoints, preemption).
 A method (``mim_jax.methods``: a pre-training method or an evaluation protocol) supplies the
 model and its loss; nothing here is specific to one method.
 """
 
+import functools
 import logging
 import math
 import os
@@ -49,11 +51,17 @@ def stream_key(base_key, name: str, step):
 # ---------------------------------------------------------------------------------------------
 def schedule_for(config, num_examples: int):
   """(lr schedule, total steps) from the config and the training split's size."""
-  steps_per_epoch = max(1, num_examples // config.batch_size)
+  o = config.optimizer
+  steps_per_epoch = optim.steps_per_epoch(num_examples, config.batch_size)
   total = config.total_steps or max(1, math.ceil(config.total_epochs * steps_per_epoch))
   warmup = round(config.warmup_epochs * steps_per_epoch)
-  peak = optim.learning_rate(config.optimizer.blr, config.batch_size)
-  return optim.warmup_cosine(peak, warmup, total, config.optimizer.min_lr), total
+  peak = optim.learning_rate(o.blr, config.batch_size)
+  if o.schedule == "cosine":
+    return optim.warmup_cosine(peak, warmup, total, o.min_lr, o.warmup_lr), total
+  if o.schedule == "multistep":
+    milestones = [round(e * steps_per_epoch) for e in o.decay_epochs]
+    return optim.warmup_multistep(peak, warmup, milestones, o.decay_rate, o.warmup_lr), total
+  raise ValueError(f"optimizer.schedule must be 'cosine' or 'multistep', got {o.schedule!r}")
 
 
 def optimizer_for(config, method, schedule, params):
@@ -91,12 +99,16 @@ def state_initializer(method, tx, base_key, ema: bool = False):
 # Step function. A non-finite loss or gradient leaves the state as it was (and is reported by
 # the loop), so the last good state is what a checkpoint can hold.
 # ---------------------------------------------------------------------------------------------
-def make_train_step(method, tx, schedule, base_key, ema_decay: float = 0.0):
+def make_train_step(method, tx, schedule, base_key, ema_decay: float = 0.0, stage=None):
+  """The jit-able update of one batch. A method with stages (``method.stage(step)``, e.g. AMT's
+  'random' then 'amt' masking with other token counts) gets one step function per stage."""
+  loss_fn = method.loss if stage is None else functools.partial(method.loss, stage=stage)
+
   def train_step(state, batch):
     step = state["step"]
     rngs = {name: stream_key(base_key, name, step) for name in method.rng_streams}
     extra = {k: v for k, v in state["extra"].items() if k != "ema_params"}
-    (loss, (aux, extra)), grads = jax.value_and_grad(method.loss, has_aux=True)(
+    (loss, (aux, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state["params"], extra, batch, rngs)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
@@ -147,7 +159,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                      f"{jax.device_count()} devices")
 
   info = data.dataset_info(config.data, config.dataset, config.train_split)
-  method = methods.get(config.method)(config, info.channels, num_classes=info.num_classes)
+  method = methods.get(config.method)(config, info.channels, num_classes=info.num_classes,
+                                      data_info=info)
   trains = hasattr(method, "loss")
   if not trains and not config.eval_only:
     raise ValueError(f"method {config.method!r} trains nothing: run it with eval_only=True")
@@ -207,8 +220,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if hasattr(method, "reconstruct"):
     vis_images = _visualization_batch(config, batched)
     reconstruct = jax.jit(method.reconstruct, out_shardings=replicated)
-  step_fn = jit_train_step(make_train_step(method, tx, schedule, base_key, config.ema_decay),
-                           mesh)
+  step_fns = {}  # one jitted step per stage of the method (most methods have one)
+
+  def step_fn_at(step):
+    stage = method.stage(step) if hasattr(method, "stage") else None
+    if stage not in step_fns:
+      step_fns[stage] = jit_train_step(
+          make_train_step(method, tx, schedule, base_key, config.ema_decay, stage), mesh)
+    return step_fns[stage]
+
+  # Hooks run before the step they are due at (AMT's attention refresh).
+  hooks = method.step_hooks(mesh) if hasattr(method, "step_hooks") else []
   train_it = data.train_iterator(config.data, config.dataset, config.train_split,
                                  global_batch_size=config.batch_size,
                                  image_size=config.image_size, seed=config.seed,
@@ -245,25 +267,49 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writer.write(step, row)
     window_start, window_steps, excluded = time.time(), 0, 0.0
 
+  def write_image(step, name, image):
+    if writer.active:
+      os.makedirs(os.path.join(workdir, "images"), exist_ok=True)
+      visualize.save_png(image, os.path.join(workdir, "images", f"{name}_{step:08d}.png"))
+    writer.write_image(step, name, image)
+
   def visualize_now(step):
     cols = jax.device_get(reconstruct(state["params"], vis_images,
                                       stream_key(base_key, "visualize", step)))
-    image = visualize.grid(cols, config.data.mean, config.data.std)
-    if writer.active:
-      os.makedirs(os.path.join(workdir, "images"), exist_ok=True)
-      visualize.save_png(image, os.path.join(workdir, "images", f"reconstruction_{step:08d}.png"))
-    writer.write_image(step, "reconstruction", image)
+    write_image(step, "reconstruction", visualize.grid(cols, config.data.mean, config.data.std))
+
+  def run_hooks(state, step):
+    nonlocal excluded
+    for hook in hooks:
+      if hook.due(step):
+        t0 = time.time()
+        state, out, images = hook.run(state, step, stream_key(base_key, hook.name, step))
+        writer.write(step, out)
+        for name, image in images.items():
+          write_image(step, name, image)
+        log.info("step %d: %s (%.1fs)", step, _format(out, hook.name), time.time() - t0)
+        excluded += time.time() - t0
+    return state
 
   step = start
   t_start = time.time()
   try:
     while step < total_steps:
+      state = run_hooks(state, step)
+      compiled = len(step_fns)
+      step_fn = step_fn_at(step)
+      if len(step_fns) > compiled and window_start is not None:  # a new stage compiles now
+        flush(step)
+        window_start = None
+      t_step = time.time()
       state, m = step_fn(state, next(batches))
       step += 1
       pending.append((step, m))
       if window_start is None:  # the first step includes compilation: time from its end
         jax.block_until_ready(m["loss"])
-        log.info("first step done (compiled) in %s", format_duration(time.time() - t_start))
+        stage = method.stage(step - 1) if hasattr(method, "stage") else None
+        log.info("first step%s done (compiled) in %s", "" if stage is None else f" of {stage!r}",
+                 format_duration(time.time() - (t_start if step == start + 1 else t_step)))
         window_start = time.time()
       else:
         window_steps += 1

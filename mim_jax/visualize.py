@@ -1,4 +1,4 @@
-"""PNG grids of original | masked | reconstruction images."""
+"""PNG grids: original | masked | reconstruction images, and AMT's attention pictures."""
 
 import os
 
@@ -17,7 +17,11 @@ def to_uint8(images, mean, std):
 
 def grid(columns: dict, mean, std, min_side: int = 64, pad: int = 2) -> np.ndarray:
   """One row per example, one column per entry of COLUMNS; small images are upscaled."""
-  panels = [to_uint8(columns[name], mean, std) for name in COLUMNS]
+  return panels_grid([to_uint8(columns[name], mean, std) for name in COLUMNS], min_side, pad)
+
+
+def panels_grid(panels, min_side: int = 64, pad: int = 2) -> np.ndarray:
+  """uint8 panels [N, H, W, 3] side by side, one row per example, on a white background."""
   n, h, w, _ = panels[0].shape
   scale = max(1, -(-min_side // h))
   h, w = h * scale, w * scale
@@ -28,6 +32,29 @@ def grid(columns: dict, mean, std, min_side: int = 64, pad: int = 2) -> np.ndarr
       y, x = pad + r * (h + pad), pad + c * (w + pad)
       out[y:y + h, x:x + w] = big[r]
   return out
+
+
+def _upsample(values, size: int):
+  """[N, h, w] -> [N, size, size] by repetition (size a multiple of h and w)."""
+  values = np.asarray(values)
+  return values.repeat(size // values.shape[1], axis=1).repeat(size // values.shape[2], axis=2)
+
+
+def heatmap(maps, size: int) -> np.ndarray:
+  """Maps [N, h, w] in [0, 1] as uint8 RGB [N, size, size, 3]: black -> red -> yellow -> white."""
+  m = np.clip(_upsample(maps, size).astype(np.float32), 0.0, 1.0)[..., None]
+  rgb = np.clip(3.0 * m - np.asarray([0.0, 1.0, 2.0], np.float32), 0.0, 1.0)
+  return np.round(rgb * 255).astype(np.uint8)
+
+
+def unit_states(images, states, unit_grid: tuple) -> np.ndarray:
+  """uint8 images [N, H, W, 3] with the units of ``states`` [N, units] (0 visible, 1 masked,
+  2 thrown) shown as they are, greyed out, or dark blue."""
+  n, size = images.shape[0], images.shape[1]
+  s = _upsample(np.asarray(states).reshape(n, *unit_grid), size)[..., None]
+  grey = (0.3 * images + 0.7 * 160).astype(np.uint8)
+  blue = np.asarray([20, 30, 110], np.uint8)
+  return np.where(s == 0, images, np.where(s == 1, grey, blue)).astype(np.uint8)
 
 
 def save_png(image: np.ndarray, path: str) -> None:

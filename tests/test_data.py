@@ -430,3 +430,150 @@ def test_device_prefetch_shards_over_data_axis():
     next(failing_prefetcher)
     with pytest.raises(RuntimeError, match="boom"):
         next(failing_prefetcher)
+
+
+# ------------------------------------------------- crop boxes, whole-image eval
+
+
+def recrop(image, box, flipped, size, opts):
+    """Crops a uint8 image [H, W, C] to a fractional box, resizes it (PIL), flips, normalizes."""
+    height, width = image.shape[:2]
+    top, left, bottom, right = np.round(box.astype(np.float64) * [height, width, height, width]).astype(int)
+    out = transforms.resize_one(image[top:bottom, left:right], size, size)
+    return transforms.normalize(out[:, ::-1] if flipped else out, opts.mean, opts.std)
+
+
+def check_boxes(batch):
+    """Shapes, dtypes and sanity of a training batch's ``crop_box`` and ``flipped``."""
+    b = len(batch["id"])
+    assert batch["crop_box"].shape == (b, 4) and batch["crop_box"].dtype == np.float32
+    assert batch["flipped"].shape == (b,) and batch["flipped"].dtype == bool
+    y0, x0, y1, x1 = batch["crop_box"].T
+    assert np.all((0 <= y0) & (y0 < y1) & (y1 <= 1) & (0 <= x0) & (x0 < x1) & (x1 <= 1))
+
+
+def test_digits_crop_box_and_flip_reproduce_the_batch():
+    cfg = make_config()
+    kw = dict(global_batch_size=64, image_size=12, seed=5)
+    images = sources.open_source("digits", cfg).images("train")
+    opts = transforms.AugmentOptions.from_config(cfg)
+    batches = take(data.train_iterator(cfg, "digits", "train", **kw), 3)
+    for b in batches:
+        check_boxes(b)
+        box = np.round(b["crop_box"].astype(np.float64) * 8).astype(np.int64)  # 8x8 digits
+        wy = transforms.window_weights(box[:, 0], box[:, 2] - box[:, 0], 8, 12)
+        wx = transforms.window_weights(box[:, 1], box[:, 3] - box[:, 1], 8, 12)
+        wx[b["flipped"]] = wx[b["flipped"], ::-1]
+        resized = transforms.apply_weights(images[b["id"]], wy, wx)
+        expected = transforms.normalize(resized, opts.mean, opts.std)
+        np.testing.assert_allclose(b["image"], expected, atol=1e-5)
+    boxes = np.concatenate([b["crop_box"] for b in batches])
+    assert len(np.unique(boxes, axis=0)) > 20 and np.any(boxes[:, 3] == 1.0)  # varied, some at the edge
+    assert 0.35 < np.concatenate([b["flipped"] for b in batches]).mean() < 0.65
+    no_flip = next(data.train_iterator(make_config(flip=False), "digits", "train", **kw))
+    assert not no_flip["flipped"].any()
+    np.testing.assert_array_equal(no_flip["crop_box"], batches[0]["crop_box"])  # same draws
+
+
+def test_folder_crop_box_and_flip_reproduce_the_batch(image_folder):
+    cfg = make_config(mean=(0.5,), std=(0.5,))
+    opts = transforms.AugmentOptions.from_config(cfg)
+    spec = f"folder:{image_folder}"
+    source = sources.open_source(spec, cfg)
+    kw = dict(global_batch_size=4, image_size=8, seed=3)
+    it = data.train_iterator(cfg, spec, "train", **kw)
+    full = take(it, 6)  # 24 examples, over two epochs of 11: the corrupted file's slots are refilled
+    assert it.skipped_images >= 1
+    for b in full:
+        check_boxes(b)
+        for j, index in enumerate(b["id"]):
+            expected = recrop(source.load("train", int(index)), b["crop_box"][j], b["flipped"][j], 8, opts)
+            np.testing.assert_allclose(b["image"][j], expected, atol=1e-5)
+    resumed = take(data.train_iterator(cfg, spec, "train", start_step=4, **kw), 2)
+    for a, r in zip(full[4:], resumed):
+        np.testing.assert_array_equal(a["crop_box"], r["crop_box"])
+        np.testing.assert_array_equal(a["flipped"], r["flipped"])
+
+
+def test_tfds_crop_box_and_flip(mnist_metadata):
+    """Fake mnist of random images of different sizes (example 33 is garbage bytes)."""
+    import io
+
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    rng = np.random.default_rng(0)
+
+    def png(i):
+        buffer = io.BytesIO()
+        pixels = rng.integers(0, 256, rng.integers(10, 20, size=2), np.uint8)
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    encoded = [png(i) if i != 33 else b"not a png" for i in range(100)]
+
+    def as_dataset(builder, split, decoders=None, read_config=None, shuffle_files=False):
+        del decoders, read_config, shuffle_files
+        (absolute,) = tfds.core.ReadInstruction.from_spec(str(split)).to_absolute(builder.info.splits)
+        lo, hi = absolute.from_ or 0, absolute.to or 100
+        return tf.data.Dataset.from_tensor_slices(
+            {"image": encoded[lo:hi], "label": np.arange(lo, hi, dtype=np.int64) % 10})
+
+    cfg = make_config(data_dir=mnist_metadata, shuffle_buffer=8)
+    opts = transforms.AugmentOptions.from_config(cfg)
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset, data_dir=mnist_metadata):
+        it = data.train_iterator(cfg, "tfds:mnist", "train[30:40]", global_batch_size=4, image_size=6, seed=0)
+        batches = take(it, 5)  # the 10 examples twice: example 33's slots are refilled
+        assert it.skipped_images >= 1
+        flipped = []
+        for b in batches:
+            check_boxes(b)
+            for j, index in enumerate(b["id"]):
+                image = sources.decode_image(encoded[index])
+                expected = recrop(image, b["crop_box"][j], b["flipped"][j], 6, opts)
+                np.testing.assert_allclose(b["image"][j], expected, atol=1e-5)
+            flipped.extend(b["flipped"])
+        assert 0 < np.mean(flipped) < 1
+
+
+def test_eval_whole_image_resizes_the_whole_image(image_folder):
+    cfg = make_config()
+    kw = dict(global_batch_size=16, image_size=12, max_examples=40)
+    whole = list(data.eval_iterator(cfg, "digits", "test", whole_image=True, **kw))
+    default = list(data.eval_iterator(cfg, "digits", "test", **kw))
+    images = sources.open_source("digits", cfg).images("test")
+    weights = transforms.bicubic_weights(8, 12)
+    for w, d in zip(whole, default):
+        for key in ("id", "label", "mask"):
+            np.testing.assert_array_equal(w[key], d[key])
+        ids = w["id"][w["mask"]]
+        resized = transforms.apply_weights(images[ids], weights, weights)
+        expected = transforms.normalize(resized, (0.5,), (0.5,))
+        np.testing.assert_allclose(w["image"][w["mask"]], expected, atol=1e-5)
+        assert np.all(w["image"][~w["mask"]] == 0)
+    assert len(whole) == 3 and not np.allclose(whole[0]["image"], default[0]["image"], atol=0.01)
+
+    # Folder images of different, non-square sizes (and a corrupted file, which stays masked).
+    cfg = make_config(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    opts = transforms.AugmentOptions.from_config(cfg)
+    spec = f"folder:{image_folder}"
+    source = sources.open_source(spec, cfg)
+    it = data.eval_iterator(cfg, spec, "train", global_batch_size=4, image_size=10, whole_image=True)
+    whole = list(it)
+    default = list(data.eval_iterator(cfg, spec, "train", global_batch_size=4, image_size=10))
+    shapes = set()
+    for w, d in zip(whole, default):
+        assert w["image"].shape == (4, 10, 10, 3)
+        for key in ("id", "label", "mask"):
+            np.testing.assert_array_equal(w[key], d[key])
+        for j in np.flatnonzero(w["mask"]):
+            image = source.load("train", int(w["id"][j]))
+            shapes.add(image.shape[:2])
+            expected = transforms.normalize(transforms.resize_one(image, 10, 10), opts.mean, opts.std)
+            np.testing.assert_allclose(w["image"][j], expected, atol=1e-5)
+    assert len(whole) == len(default) == 3 and it.skipped_images == 1
+    assert any(h != w for h, w in shapes)
+    # The batched and the single-image paths agree on a non-square image.
+    image = np.random.default_rng(0).integers(0, 256, (13, 21, 3), dtype=np.uint8)
+    np.testing.assert_allclose(transforms.whole_transform(image[None], 10, opts)[0],
+                               transforms.whole_transform_one(image, 10, opts), atol=1e-4)

@@ -1,6 +1,7 @@
 """Learning-rate schedule and weight-decay rule."""
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -9,9 +10,11 @@ import optax
 import pytest
 from ml_collections import ConfigDict
 
-from mim_jax import optim
+from mim_jax import config as config_lib, optim, train
 from mim_jax.config import base_config
 from mim_jax.methods.mae import MAE
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def official_lr(epoch, lr, min_lr, warmup_epochs, epochs):
@@ -83,3 +86,18 @@ def test_gradient_clipping_option():
   u3 = plain_tx.update(grads[1], plain_tx.update(grads[0], plain_tx.init(params), params)[1],
                        params)[0]
   assert not np.allclose(u1["w"], u3["w"], rtol=1e-3)   # clipping changed the second step
+
+
+def test_simmim_recipe_schedule_warms_up_from_warmup_lr_then_steps_down():
+  """configs/simmim_imagenet.py: lr 1e-4 * 2048 / 512, warmup 10 epochs from 5e-7 * 2048 / 512,
+  x0.1 from epoch 700 (timm's multistep, set per step); 625 steps per epoch at batch 2048."""
+  c = config_lib.load(os.path.join(ROOT, "configs", "simmim_imagenet.py"))
+  sched, total = train.schedule_for(c, 1_281_167)
+  spe, peak, start = 625, 1e-4 * 2048 / 512, 5e-7 * 2048 / 512
+  assert total == 800 * spe
+  for step, want in ((0, start), (5 * spe, start + 0.5 * (peak - start)), (10 * spe, peak),
+                     (700 * spe - 1, peak), (700 * spe, 0.1 * peak), (800 * spe - 1, 0.1 * peak)):
+    np.testing.assert_allclose(float(sched(step)), want, rtol=1e-5)
+  c.optimizer.schedule = "linear"
+  with pytest.raises(ValueError, match="optimizer.schedule"):
+    train.schedule_for(c, 1_281_167)

@@ -84,14 +84,18 @@ def optax_sched():
 
 
 # --------------------------------------------------------------------------------------------
-def sigterm_at(monkeypatch, at_batch):
-  """Sends a real SIGTERM to this process when the trainer takes batch number ``at_batch``."""
+def sigterm_at(monkeypatch, at_batch, counts=lambda batch: True):
+  """Sends a real SIGTERM to this process when the trainer takes batch number ``at_batch``
+  (counting only the batches ``counts`` accepts)."""
   real = data.device_prefetch
 
   def wrapped(iterator, sharding, size=2):
-    for i, batch in enumerate(real(iterator, sharding, size), start=1):
-      if i == at_batch:
-        signal.raise_signal(signal.SIGTERM)
+    taken = 0
+    for batch in real(iterator, sharding, size):
+      if counts(batch):
+        taken += 1
+        if taken == at_batch:
+          signal.raise_signal(signal.SIGTERM)
       yield batch
   monkeypatch.setattr(train.data, "device_prefetch", wrapped)
 

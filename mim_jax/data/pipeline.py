@@ -3,7 +3,12 @@
 Batches are dicts of numpy arrays: ``image`` float32 [b, H, W, C], ``label``
 int32 [b], ``id`` int32 [b] (index in the base split) and, for evaluation,
 ``mask`` bool [b] (False for padding). ``b`` is the host-local batch size,
-``global_batch_size // process_count``.
+``global_batch_size // process_count``. Training batches also say how each
+image was augmented: ``crop_box`` float32 [b, 4], the RandomResizedCrop box
+(y0, x0, y1, x1) as fractions of the source image's height and width
+(top / H, left / W, (top + crop_h) / H, (left + crop_w) / W), and ``flipped``
+bool [b], True when the crop was mirrored horizontally. With them a map of the
+whole source image (e.g. an attention map) can be aligned with the crop.
 
 Determinism. The training stream is a pure function of (seed, position):
 
@@ -31,7 +36,8 @@ Unreadable images (folder, tfds) are skipped, logged once per file and counted
 in the iterator's ``skipped_images``. In training the slot is filled by the
 next readable example (folder: of the same epoch's order; tfds: of the same
 batch), so batches stay full and the stream stays a pure function of the
-position. In evaluation the slot becomes padding (``mask`` False).
+position; the slot's ``crop_box`` and ``flipped`` are those of the image that
+fills it. In evaluation the slot becomes padding (``mask`` False).
 """
 
 from __future__ import annotations
@@ -221,7 +227,9 @@ class _IndexedTrainIterator(BatchIterator):
             ids = self._lo + self._order.local_indices(positions)
             draws = _train_draws(self._seed, self._host, step, self._batch)
             images = transforms.train_transform(self._images[ids], draws, self._image_size, self._opts)
-            return {"image": images, "label": self._labels[ids], "id": ids.astype(np.int32)}
+            boxes, flipped = transforms.train_crop_boxes(draws, *self._images.shape[1:3], self._opts)
+            return {"image": images, "label": self._labels[ids], "id": ids.astype(np.int32),
+                    "crop_box": boxes, "flipped": flipped}
         while len(self._pending) < _LOOKAHEAD:
             step = self._next_step + len(self._pending)
             draws = _train_draws(self._seed, self._host, step, self._batch)
@@ -229,12 +237,16 @@ class _IndexedTrainIterator(BatchIterator):
             self._pending.append(self._map(self._load_slot, slots))
         futures = self._pending.popleft()
         self._next_step += 1
-        images, labels, ids = zip(*(f.result() for f in futures))
+        images, labels, ids, boxes, flipped = zip(*(f.result() for f in futures))
         return {"image": np.stack(images), "label": np.asarray(labels, np.int32),
-                "id": np.asarray(ids, np.int32)}
+                "id": np.asarray(ids, np.int32), "crop_box": np.stack(boxes),
+                "flipped": np.asarray(flipped, bool)}
 
     def _load_slot(self, slot):
-        """Decodes and augments the example at a stream position (next readable one if bad)."""
+        """Decodes and augments the example at a stream position (next readable one if bad).
+
+        Returns (image, label, index, crop box, flipped) of the example used.
+        """
         position, draws = slot
         epoch, offset = divmod(position, self._order.n)
         perm = self._order.perm(epoch)
@@ -251,7 +263,8 @@ class _IndexedTrainIterator(BatchIterator):
                 self._record_skip(path, e)
                 continue
             out = transforms.train_transform_one(image, draws, self._image_size, self._opts)
-            return out, self._labels[index], index
+            box, flipped = transforms.train_crop_box_one(draws, *image.shape[:2], self._opts)
+            return out, self._labels[index], index, box, flipped
         raise RuntimeError(f"no readable image among the {self._order.n} examples of this host")
 
 
@@ -290,23 +303,28 @@ class _TfdsTrainIterator(BatchIterator):
             self._pending.append((labels, ids, self._map(self._load_slot, slots)))
         labels, ids, futures = self._pending.popleft()
         self._next_step += 1
-        images = [f.result() for f in futures]
-        ok = [j for j, image in enumerate(images) if image is not None]
+        results = [f.result() for f in futures]
+        ok = [j for j, result in enumerate(results) if result is not None]
         if not ok:
-            raise RuntimeError(f"no readable image in a batch of {len(images)}")
-        take = [j if images[j] is not None else next((k for k in ok if k > j), ok[0])
-                for j in range(len(images))]  # bad slot -> next readable one of the batch
-        return {"image": np.stack([images[k] for k in take]),
-                "label": labels[take].astype(np.int32), "id": ids[take].astype(np.int32)}
+            raise RuntimeError(f"no readable image in a batch of {len(results)}")
+        take = [j if results[j] is not None else next((k for k in ok if k > j), ok[0])
+                for j in range(len(results))]  # bad slot -> next readable one of the batch
+        images, boxes, flipped = zip(*(results[k] for k in take))
+        return {"image": np.stack(images), "label": labels[take].astype(np.int32),
+                "id": ids[take].astype(np.int32), "crop_box": np.stack(boxes),
+                "flipped": np.asarray(flipped, bool)}
 
     def _load_slot(self, slot):
+        """(image, crop box, flipped) of one example, or None if it cannot be decoded."""
         encoded, index, draws = slot
         try:
             image = sources_lib.decode_image(encoded)
         except Exception as e:  # pylint: disable=broad-except
             self._record_skip(f"example {index}", e)
             return None
-        return transforms.train_transform_one(image, draws, self._image_size, self._opts)
+        out = transforms.train_transform_one(image, draws, self._image_size, self._opts)
+        box, flipped = transforms.train_crop_box_one(draws, *image.shape[:2], self._opts)
+        return out, box, flipped
 
 
 def train_iterator(data_config, dataset: str, split: str, *, global_batch_size: int,
@@ -344,10 +362,14 @@ def train_iterator(data_config, dataset: str, split: str, *, global_batch_size: 
 class _EvalIterator(BatchIterator):
     """One pass over this host's part of a split, in order, padded to ``num_batches``."""
 
-    def __init__(self, source, base, lo, hi, *, batch, image_size, opts, num_batches, num_workers):
+    def __init__(self, source, base, lo, hi, *, batch, image_size, opts, num_batches, num_workers,
+                 whole_image=False):
         super().__init__(0 if source.in_memory else max(num_workers, 1))
         self._source, self._base, self._lo, self._n = source, base, lo, hi - lo
         self._batch, self._image_size, self._opts = batch, image_size, opts
+        self._transform_batch, self._transform_one = (
+            (transforms.whole_transform, transforms.whole_transform_one) if whole_image
+            else (transforms.eval_transform, transforms.eval_transform_one))
         self.num_batches = num_batches
         self._done = 0
         self._raw = None
@@ -372,8 +394,8 @@ class _EvalIterator(BatchIterator):
                "mask": mask}
         if self._source.in_memory:
             ids = self._lo + positions[:count]
-            images = transforms.eval_transform(self._source.images(self._base)[ids],
-                                               self._image_size, self._opts)
+            images = self._transform_batch(self._source.images(self._base)[ids],
+                                           self._image_size, self._opts)
             out["label"][:count] = self._labels[ids]
             out["id"][:count] = ids
             out["image"] = _pad(images, self._batch)
@@ -399,7 +421,7 @@ class _EvalIterator(BatchIterator):
         return out
 
     def _transform(self, image):
-        return transforms.eval_transform_one(image, self._image_size, self._opts)
+        return self._transform_one(image, self._image_size, self._opts)
 
     def _load_item(self, index):
         try:
@@ -426,12 +448,16 @@ def _pad(images: np.ndarray, batch: int) -> np.ndarray:
 def eval_iterator(data_config, dataset: str, split: str, *, global_batch_size: int,
                   image_size: int, process_index: int | None = None,
                   process_count: int | None = None,
-                  max_examples: int | None = None) -> BatchIterator:
+                  max_examples: int | None = None,
+                  whole_image: bool = False) -> BatchIterator:
     """One ordered pass over this host's part of ``split`` (eval transform).
 
     ``max_examples`` keeps only the first examples of the split (canonical
     order) before it is divided between hosts. Every host yields the same
     number of batches, ``.num_batches``; padding has ``mask`` False, id -1.
+    ``whole_image`` replaces the resize + center crop with a bicubic resize of
+    the whole image to image_size x image_size (no crop, aspect ratio not
+    kept), e.g. to look at un-augmented training images.
     """
     process_index, process_count = _hosts(process_index, process_count)
     batch = _local_batch_size(global_batch_size, process_count)
@@ -445,4 +471,5 @@ def eval_iterator(data_config, dataset: str, split: str, *, global_batch_size: i
     largest = -(-(stop - start) // process_count)  # host 0 has the most examples
     num_batches = -(-largest // batch)
     return _EvalIterator(source, base, lo, hi, batch=batch, image_size=image_size, opts=opts,
-                         num_batches=num_batches, num_workers=int(data_config.get("num_workers", 2)))
+                         num_batches=num_batches, num_workers=int(data_config.get("num_workers", 2)),
+                         whole_image=bool(whole_image))

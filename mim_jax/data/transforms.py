@@ -1,4 +1,4 @@
-"""Image transforms in numpy: RandomResizedCrop, flip, eval resize/crop, normalization.
+"""Image transforms in numpy: RandomResizedCrop, flip, eval resize/crop, whole-image resize, normalization.
 
 Training optionally adds timm's RandAugment and random erasing (MAE's
 fine-tuning recipe), in timm's order: RandomResizedCrop + flip -> RandAugment
@@ -265,6 +265,30 @@ def train_weights(draws, heights, widths, image_size: int, opts: AugmentOptions)
     return wy, wx
 
 
+def train_crop_boxes(draws, heights, widths, opts: AugmentOptions):
+    """The crop box and flip of each example's RandomResizedCrop + flip.
+
+    Returns float32 boxes [n, 4] = (y0, x0, y1, x1) as fractions of the source
+    image's height and width (divided in float64: a crop that reaches the
+    bottom or right edge gives exactly 1.0), and bool ``flipped`` [n].
+    """
+    top, left, crop_h, crop_w = random_resized_crop_boxes(
+        draws, heights, widths, opts.crop_scale, opts.crop_ratio)
+    height = np.broadcast_to(np.asarray(heights, np.float64), top.shape)
+    width = np.broadcast_to(np.asarray(widths, np.float64), top.shape)
+    boxes = np.stack([top / height, left / width, (top + crop_h) / height, (left + crop_w) / width],
+                     axis=-1).astype(np.float32)
+    flipped = np.asarray(draws["flip"]) < 0.5 if opts.flip else np.zeros(top.shape, bool)
+    return boxes, flipped
+
+
+def train_crop_box_one(draws_one, height: int, width: int, opts: AugmentOptions):
+    """``train_crop_boxes`` for one example: float32 box [4] and a bool."""
+    boxes, flipped = train_crop_boxes({k: np.asarray(v)[None] for k, v in draws_one.items()},
+                                      height, width, opts)
+    return boxes[0], bool(flipped[0])
+
+
 def _randaugment_one(image: np.ndarray, aug_seed, opts: AugmentOptions) -> np.ndarray:
     """RandAugment of one float [0, 255] image [H, W, C] (rounded to uint8 first) -> uint8."""
     from mim_jax.data import randaugment  # pylint: disable=g-import-not-at-top
@@ -356,6 +380,21 @@ def eval_transform_one(image: np.ndarray, image_size: int, opts: AugmentOptions)
     new_h, new_w, top, left = eval_geometry(*image.shape[:2], image_size, opts.eval_crop_pct)
     out = resize_one(image, new_h, new_w)[top:top + image_size, left:left + image_size]
     return normalize(out, opts.mean, opts.std)
+
+
+def whole_transform(images: np.ndarray, image_size: int, opts: AugmentOptions) -> np.ndarray:
+    """Resize of whole uint8 images [..., H, W, C] (same size) to image_size x image_size + normalize.
+
+    No crop, and the aspect ratio is not kept (torchvision's ``Resize((S, S))``).
+    """
+    height, width = images.shape[-3:-1]
+    out = apply_weights(images, bicubic_weights(height, image_size), bicubic_weights(width, image_size))
+    return normalize(out, opts.mean, opts.std)
+
+
+def whole_transform_one(image: np.ndarray, image_size: int, opts: AugmentOptions) -> np.ndarray:
+    """``whole_transform`` for one uint8 image [H, W, C] of any size, with ``resize_one``."""
+    return normalize(resize_one(image, image_size, image_size), opts.mean, opts.std)
 
 
 # ------------------------------------------------------------- normalization

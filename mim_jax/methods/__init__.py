@@ -1,7 +1,8 @@
 """Methods: what a run trains. Pre-training methods (a model, a masking and a loss) and the
 evaluation protocols (fine-tune, linear probe, kNN), each a small class.
 
-A method ``Method(config, channels, num_classes)`` gives the generic trainer (``mim_jax.train``):
+A method ``Method(config, channels, num_classes, data_info)`` (``data_info``: the training split's
+``data.DatasetInfo``) gives the generic trainer (``mim_jax.train``):
   ``default_model_config()``  (static) the ``config.model`` group it reads;
   ``init(rng)``               -> params (trained by the optimizer);
   ``rng_streams``             names of the per-step RNG streams ``loss`` uses;
@@ -14,7 +15,13 @@ and optionally:
   ``layer_ids(params)``       -> (pytree of layer ids, num_layers) for ``optimizer.layer_decay``;
   ``frozen(params)``          -> pytree of bools: parameters the optimizer leaves alone;
   ``load_pretrained(params, extra, workdir, step)`` -> (step, params, extra, what) for
-                                 ``init_from`` (default: the whole params tree, checked).
+                                 ``init_from`` (default: the whole params tree, checked);
+  ``stage(step)``             -> a name: methods whose step changes shape during the run (AMT:
+                                 'random', then 'amt') get one jitted step per stage, and their
+                                 ``loss`` takes ``stage=``;
+  ``step_hooks(mesh)``        -> hooks run before the step they are ``due(step)`` at:
+                                 ``run(state, step, rng) -> (state, metrics, images)`` (AMT's
+                                 attention refresh).
 A method without ``loss`` (kNN) only evaluates: it runs with ``eval_only``.
 Every method keeps its encoder under ``params["encoder"]``.
 """
@@ -23,6 +30,7 @@ import importlib
 
 _REGISTRY = {
     "mae": "mim_jax.methods.mae:MAE",
+    "simmim": "mim_jax.methods.simmim:SimMIM",
     "finetune": "mim_jax.methods.finetune:FineTune",
     "linear_probe": "mim_jax.methods.linear_probe:LinearProbe",
     "knn": "mim_jax.methods.knn:Knn",

@@ -13,7 +13,8 @@ from mim_jax.models import encoders
 class EncoderProtocol:
   """Base of the evaluation protocols; subclasses set ``self.encoder`` and ``self.model``."""
 
-  def __init__(self, config, channels: int, num_classes: int):
+  def __init__(self, config, channels: int, num_classes: int, data_info=None):
+    del data_info  # the training split's size: only AMT needs it
     self.config = config
     self.channels = channels
     self.num_classes = num_classes

@@ -31,8 +31,8 @@ class FineTune(EncoderProtocol):
         label_smoothing=0.1,
     ))
 
-  def __init__(self, config, channels: int, num_classes: int):
-    super().__init__(config, channels, num_classes)
+  def __init__(self, config, channels: int, num_classes: int, data_info=None):
+    super().__init__(config, channels, num_classes, data_info)
     m = config.model
     if num_classes < 2:
       raise ValueError(f"fine-tuning needs a labelled dataset; {config.dataset!r} has "

@@ -15,8 +15,8 @@ class Knn(EncoderProtocol):
   def default_model_config() -> ConfigDict:
     return ConfigDict(encoders.encoder_config())
 
-  def __init__(self, config, channels: int, num_classes: int):
-    super().__init__(config, channels, num_classes)
+  def __init__(self, config, channels: int, num_classes: int, data_info=None):
+    super().__init__(config, channels, num_classes, data_info)
     self.encoder = build_encoder(config)
 
   def init(self, rng):

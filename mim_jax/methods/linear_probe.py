@@ -24,8 +24,8 @@ class LinearProbe(EncoderProtocol):
   def default_model_config() -> ConfigDict:
     return ConfigDict(dict(encoders.encoder_config(), pool="cls"))
 
-  def __init__(self, config, channels: int, num_classes: int):
-    super().__init__(config, channels, num_classes)
+  def __init__(self, config, channels: int, num_classes: int, data_info=None):
+    super().__init__(config, channels, num_classes, data_info)
     if num_classes < 2:
       raise ValueError(f"linear probing needs a labelled dataset; {config.dataset!r} has "
                        f"{num_classes} classes")

@@ -1,9 +1,14 @@
-"""MAE pre-training (mae.md): random masking + ViT encoder on visible patches + pixel MSE."""
+"""MAE pre-training (mae.md): random masking + ViT encoder on visible patches + pixel MSE.
+
+With ``model.masking='amt'`` (amt.md) the patches are drawn by AMT once ``amt.start_epoch`` is
+reached: masked (reconstructed), thrown (removed from encoder, decoder and loss) and visible.
+"""
 
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
-from mim_jax import losses, masking
+from mim_jax import amt, losses, masking
+from mim_jax.methods.pretraining import MaskedPretraining
 from mim_jax.models import encoders
 from mim_jax.models import mae as mae_model
 from mim_jax.patches import patchify, unpatchify
@@ -17,7 +22,7 @@ def compute_dtype(name: str):
   return DTYPES[name]
 
 
-class MAE:
+class MAE(MaskedPretraining):
   rng_streams = ("mask",)
 
   @staticmethod
@@ -27,9 +32,10 @@ class MAE:
         decoder_width=512, decoder_depth=8, decoder_heads=16,
         mask_ratio=0.75,
         norm_pix_loss=True,   # the published recipe's setting
+        masking="random",     # random | amt (config.amt; 'random' before amt.start_epoch)
     ))
 
-  def __init__(self, config: ConfigDict, channels: int, num_classes: int = 0):
+  def __init__(self, config: ConfigDict, channels: int, num_classes: int = 0, data_info=None):
     del num_classes  # pre-training uses no labels
     m = config.model
     if m.encoder != "vit":
@@ -48,6 +54,8 @@ class MAE:
         m.decoder_width, m.decoder_depth, m.decoder_heads, self.grid,
         self.patch_size ** 2 * channels, mlp_ratio=m.mlp_ratio, dtype=self.dtype)
     self.model = mae_model.MAE(self.encoder.module, decoder)
+    self.config = config
+    self.amt = amt.strategy(config, data_info, self.grid, self.patch_size, "floor")
 
   def init(self, rng):
     patches = jnp.zeros((1, self.num_patches, self.patch_size ** 2 * self.channels))
@@ -62,15 +70,28 @@ class MAE:
     pred = self.model.apply({"params": params}, patches.astype(self.dtype), ids_keep, ids_restore)
     return patches, pred, mask
 
-  def loss(self, params, extra, batch, rngs):
-    patches, pred, mask = self._predict(params, batch["image"], rngs["mask"])
-    loss = losses.masked_mse(pred, losses.patch_targets(patches, self.norm_pix), mask)
-    return loss, ({"loss": loss}, extra)
+  def _predict_amt(self, params, extra, batch, mask_rng):
+    """AMT: encode the visible patches, decode visible + masked ones (thrown ones dropped).
+    Returns patches and predictions, targets' ids and loss mask over the decoded tokens."""
+    patches = patchify(batch["image"], self.patch_size)
+    masked, thrown, visible = self.amt.split(mask_rng, self.amt.cached_weights(extra, batch))
+    ids_restore = jnp.argsort(jnp.concatenate([visible, masked, thrown], 1), 1).astype(jnp.int32)
+    ids_decode = jnp.concatenate([visible, masked], 1)
+    pred = self.model.apply({"params": params}, patches.astype(self.dtype), visible, ids_restore,
+                            ids_decode)
+    mask = jnp.concatenate([jnp.zeros(visible.shape), jnp.ones(masked.shape)], 1)
+    return patches, pred, ids_decode, mask
 
-  def features(self, params, images, pool: str = "cls"):
-    """[B, width] features of whole images: the [CLS] token or the average of patch tokens."""
-    tokens = self.encoder.apply(params["encoder"], images)
-    return self.encoder.pool(tokens.astype(jnp.float32), pool)
+  def loss(self, params, extra, batch, rngs, stage=None):
+    if stage == "amt":
+      patches, pred, ids, mask = self._predict_amt(params, extra, batch, rngs["mask"])
+      target = jnp.take_along_axis(losses.patch_targets(patches, self.norm_pix), ids[:, :, None],
+                                   axis=1)
+    else:
+      patches, pred, mask = self._predict(params, batch["image"], rngs["mask"])
+      target = losses.patch_targets(patches, self.norm_pix)
+    loss = losses.masked_mse(pred, target, mask)
+    return loss, ({"loss": loss}, extra)
 
   def reconstruct(self, params, images, rng):
     """Original, masked input, and reconstruction with the visible patches pasted back."""
@@ -84,4 +105,5 @@ class MAE:
     return {"original": images,
             "masked": to_image(patches * (1 - m)),
             "reconstruction": to_image(patches * (1 - m) + pred * m)}
+
 

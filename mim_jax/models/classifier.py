@@ -13,14 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mim_jax.models.vit import LN_EPS
+from mim_jax.models.vit import LN_EPS, trunc_normal
 from mim_jax.patches import patchify
-
-
-def trunc_normal(std: float):
-  """N(0, std^2) cut at +-2 in absolute units (PyTorch's trunc_normal_ default), so in effect
-  untruncated for the small std of the heads."""
-  return nn.initializers.truncated_normal(std, lower=-2.0 / std, upper=2.0 / std)
 
 
 def _pooled(encoder, patch_size, images, pool, deterministic):

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from mim_jax.models import hierarchical
 from mim_jax.models.mae import ViTEncoder
-from mim_jax.models.vit import parse_variant
+from mim_jax.models.vit import BlockOptions, parse_variant
 from mim_jax.patches import patchify
 
 
@@ -30,6 +30,12 @@ def encoder_config() -> dict:
       encoder="vit",        # vit | hierarchical
       variant="B/16",       # vit: SIZE/PATCH (tiny_test, Ti, S, B, L, H); hierarchical: SIZE
       width=0, depth=0, heads=0, mlp_ratio=4.0,    # vit: > 0 overrides the size's value
+      # vit block / embedding options (MAE's defaults; SimMIM's ViT-B: none, shared, 0.1, qv, beit)
+      pos_embed="sincos",   # sincos (fixed) | learned (trunc-normal parameter) | none
+      rel_pos="none",       # none | shared (one table for all blocks) | per_block
+      layer_scale=0.0,      # > 0: per-channel branch gains starting at this value
+      qkv_bias="qkv",       # qkv | qv (q and v biases only) | none
+      init="mae",           # mae (xavier uniform) | beit (trunc-normal 0.02, 1/sqrt(2i) rescale)
       stage_depths=(), stage_heads=(), window_sizes=(), patch_size=0,  # hierarchical overrides
   )
 
@@ -46,6 +52,8 @@ class EncoderSpec:
   pools: tuple                  # pooling modes it supports
   pretrain_only: tuple = ()     # regexes: checkpoint parameters a fine-tune model leaves out
   finetune_new: tuple = ()      # regexes: parameters a fine-tune model adds (kept from init)
+  copied_from: tuple = ()       # (regex, name): a parameter the fine-tune model adds, copied
+                                # from the checkpoint's parameter ``name`` when that exists
 
   def _input(self, images):
     x = patchify(images, self.patch_size) if self.patch_size else images
@@ -59,6 +67,16 @@ class EncoderSpec:
     """Tokens of whole images: [B, T, width] (ViT: [CLS] first)."""
     return self.module.apply({"params": params}, self._input(images),
                              deterministic=deterministic, rngs=rngs)
+
+  def cls_attention(self, params, images):
+    """The last block's softmax attention of [CLS] over all tokens of whole images
+    [B, heads, 1 + L] (AMT's attention maps; ViT only)."""
+    if self.family != "vit":
+      raise ValueError(f"[CLS] attention maps need a ViT encoder, not {self.family!r}")
+    _, state = self.module.apply({"params": params}, self._input(images),
+                                 mutable=["intermediates"])
+    block = state["intermediates"]["transformer"][f"block_{self.num_layers - 1}"]
+    return block["attn"]["cls_attention"][0]
 
   def pool(self, tokens, pool: str):
     """[B, T, D] -> [B, D]: the [CLS] token (ViT) or the mean of the patch tokens."""
@@ -95,13 +113,18 @@ def build(m, image_size: int, *, dtype=jnp.float32, drop_path_rate: float = 0.0,
                        f"of variant {m.variant!r}")
     side = image_size // patch
     width, depth = m.width or size.dim, m.depth or size.depth
+    options = BlockOptions(qkv_bias=m.qkv_bias, layer_scale=m.layer_scale, init=m.init)
     module = ViTEncoder(width, depth, m.heads or size.heads, (side, side), mlp_ratio=m.mlp_ratio,
                         learnable_pos=learnable_pos, final_norm=final_norm,
-                        drop_path_rate=drop_path_rate, dtype=dtype)
+                        drop_path_rate=drop_path_rate, pos_embed=m.pos_embed,
+                        rel_pos=m.rel_pos, options=options, dtype=dtype)
     return EncoderSpec(module, "vit", width, patch, depth, _vit_layer_id(depth), depth + 1,
                        ("cls", "avg"),
                        pretrain_only=(r"^transformer/norm/", r"^mask_token$"),
-                       finetune_new=(r"^pos_embed$",))
+                       finetune_new=(r"^pos_embed$",),
+                       # SimMIM fine-tunes with one bias per block, each a copy of the shared one
+                       copied_from=((r"^transformer/block_\d+/attn/rel_pos_bias/table$",
+                                     "rel_pos_bias/table"),))
   if family == "hierarchical":
     size = hierarchical.parse_hier_variant(m.variant)
     depths = tuple(m.stage_depths) or size.depths

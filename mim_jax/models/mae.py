@@ -1,12 +1,14 @@
 """MAE: a ViT encoder over the visible patches and a light decoder that fills in the rest."""
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from mim_jax.models.posembed import sincos_2d
-from mim_jax.models.vit import PatchEmbed, Transformer, xavier_uniform
+from mim_jax.models.vit import (BlockOptions, PatchEmbed, RelativePositionBias, Transformer,
+                                trunc_normal, xavier_uniform)
 
 token_init = nn.initializers.normal(stddev=0.02)
 
@@ -17,15 +19,20 @@ def _gather_tokens(x, ids):
 
 
 class ViTEncoder(nn.Module):
-  """[CLS] + patch tokens with sin-cos positions, pre-norm blocks, final LayerNorm.
+  """[CLS] + patch tokens, pre-norm blocks, final LayerNorm: MAE's and SimMIM's encoder.
 
-  Called on flattened patches [B, L, p*p*C]; with ``ids_keep`` [B, K] only those patches are
-  encoded (positions are added before the gather). Returns [B, 1 + K, width].
+  Called on flattened patches [B, L, p*p*C]. With ``mask`` [B, L] (1 = masked; SimMIM) the
+  embeddings of masked patches are replaced by a learned ``mask_token`` before positions are
+  added. With ``ids_keep`` [B, K] only those patches are encoded (positions and any relative
+  position bias follow them). Returns [B, 1 + K, width].
 
-  Pre-training uses the fixed sin-cos table (a constant). Fine-tuning options:
-  ``learnable_pos`` makes it a parameter ``pos_embed`` [1, 1 + L, width] that starts from the
-  sin-cos values (zeros at [CLS]); ``final_norm=False`` leaves out the last LayerNorm;
+  Position embedding (``pos_embed``): 'sincos' (MAE: a fixed table, [CLS] row zero), 'learned'
+  (a parameter, trunc-normal 0.02: SimMIM + AMT's absolute embedding) or 'none' (SimMIM's ViT-B).
+  Fine-tuning options: ``learnable_pos`` makes the sin-cos table a parameter ``pos_embed``
+  [1, 1 + L, width] that starts from it; ``final_norm=False`` leaves out the last LayerNorm;
   ``drop_path_rate`` turns on stochastic depth when called with ``deterministic=False``.
+  ``rel_pos``: 'none', 'shared' (one BEiT relative position bias for all blocks: SimMIM's
+  pre-training) or 'per_block' (SimMIM's fine-tuning). ``options`` holds the other block options.
   """
   width: int
   depth: int
@@ -35,27 +42,66 @@ class ViTEncoder(nn.Module):
   learnable_pos: bool = False
   final_norm: bool = True
   drop_path_rate: float = 0.0
+  pos_embed: str = "sincos"
+  rel_pos: str = "none"
+  options: BlockOptions = BlockOptions()
   dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, patches, ids_keep=None, deterministic: bool = True):
-    x = PatchEmbed(self.width, dtype=self.dtype, name="patch_embed")(patches)
+  def _position_table(self):
+    shape = (1, 1 + self.grid[0] * self.grid[1], self.width)
+    if self.pos_embed == "none":
+      return None
+    if self.pos_embed == "learned":
+      return self.param("pos_embed", trunc_normal(0.02), shape)
+    if self.pos_embed != "sincos":
+      raise ValueError(f"pos_embed must be 'sincos', 'learned' or 'none', got {self.pos_embed!r}")
     table = sincos_2d(self.width, *self.grid, cls_token=True)[None]
     if self.learnable_pos:
-      table = self.param("pos_embed", lambda key, shape: jnp.asarray(table), table.shape)
-    pos = jnp.asarray(table, x.dtype)
-    x = x + pos[:, 1:]
+      return self.param("pos_embed", lambda key, shape: jnp.asarray(table), shape)
+    return jnp.asarray(table)
+
+  @nn.compact
+  def __call__(self, patches, ids_keep=None, deterministic: bool = True, mask=None):
+    if self.rel_pos not in ("none", "shared", "per_block"):
+      raise ValueError(f"rel_pos must be 'none', 'shared' or 'per_block', got {self.rel_pos!r}")
+    x = PatchEmbed(self.width, self.options.init, dtype=self.dtype, name="patch_embed")(patches)
+    if mask is not None:
+      token = self.param("mask_token", trunc_normal(0.02, bound=0.02), (1, 1, self.width))
+      m = mask[:, :, None].astype(x.dtype)
+      x = x * (1 - m) + token.astype(x.dtype) * m
+    table = self._position_table()
+    pos = None if table is None else jnp.asarray(table, x.dtype)
+    if pos is not None:
+      x = x + pos[:, 1:]
     if ids_keep is not None:
       x = _gather_tokens(x, ids_keep)
-    cls = self.param("cls_token", token_init, (1, 1, self.width))
-    cls = jnp.broadcast_to(cls.astype(x.dtype) + pos[:, :1], (x.shape[0], 1, self.width))
-    x = jnp.concatenate([cls, x], axis=1)
+    cls_init = token_init if self.options.init == "mae" else trunc_normal(0.02)
+    cls = self.param("cls_token", cls_init, (1, 1, self.width)).astype(x.dtype)
+    if pos is not None:
+      cls = cls + pos[:, :1]
+    x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.width)), x], axis=1)
+    token_ids = None
+    if ids_keep is not None and self.rel_pos != "none":  # [CLS] is token 0, patch i is 1 + i
+      token_ids = jnp.concatenate([jnp.zeros_like(ids_keep[:, :1]), ids_keep + 1], axis=1)
+    bias = None
+    if self.rel_pos == "shared":
+      bias = RelativePositionBias(self.grid, self.heads, name="rel_pos_bias")(token_ids)
+    options = self.options
+    if self.rel_pos == "per_block":
+      options = dataclasses.replace(options, rel_pos_grid=tuple(self.grid))
     return Transformer(self.depth, self.heads, self.mlp_ratio, self.drop_path_rate,
-                       self.final_norm, dtype=self.dtype, name="transformer")(x, deterministic)
+                       self.final_norm, options, dtype=self.dtype, name="transformer")(
+                           x, deterministic, bias, token_ids)
 
 
 class MAEDecoder(nn.Module):
-  """Embeds the encoder tokens, puts [MASK] tokens at the masked positions, predicts patches."""
+  """Embeds the encoder tokens, puts [MASK] tokens at the masked positions, predicts patches.
+
+  ``ids_restore`` [B, L] un-shuffles ``[encoded..., filled...]`` into image order. With
+  ``ids_decode`` [B, K'] only those positions are decoded (AMT drops the thrown ones after their
+  position embedding is added) and the predictions [B, K', p*p*C] follow that order; else
+  [B, L, p*p*C] in image order.
+  """
   width: int
   depth: int
   heads: int
@@ -65,7 +111,7 @@ class MAEDecoder(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, latent, ids_restore):
+  def __call__(self, latent, ids_restore, ids_decode=None):
     x = nn.Dense(self.width, kernel_init=xavier_uniform, dtype=self.dtype, name="embed")(latent)
     b, num_patches = ids_restore.shape
     kept = x.shape[1] - 1
@@ -74,6 +120,8 @@ class MAEDecoder(nn.Module):
     tokens = _gather_tokens(jnp.concatenate([x[:, 1:], fill], axis=1), ids_restore)
     x = jnp.concatenate([x[:, :1], tokens], axis=1)
     x = x + jnp.asarray(sincos_2d(self.width, *self.grid, cls_token=True), x.dtype)[None]
+    if ids_decode is not None:
+      x = jnp.concatenate([x[:, :1], _gather_tokens(x[:, 1:], ids_decode)], axis=1)
     x = Transformer(self.depth, self.heads, self.mlp_ratio, dtype=self.dtype,
                     name="transformer")(x)
     x = nn.Dense(self.patch_dim, kernel_init=xavier_uniform, dtype=self.dtype, name="pred")(x)
@@ -85,9 +133,9 @@ class MAE(nn.Module):
   encoder: ViTEncoder
   decoder: MAEDecoder
 
-  def __call__(self, patches, ids_keep, ids_restore):
+  def __call__(self, patches, ids_keep, ids_restore, ids_decode=None):
     latent = self.encoder(patches, ids_keep)
-    return self.decoder(latent, ids_restore).astype(jnp.float32)
+    return self.decoder(latent, ids_restore, ids_decode).astype(jnp.float32)
 
   def encode(self, patches):
     """All tokens of the un-masked image: [B, 1 + L, width] (after the final norm)."""

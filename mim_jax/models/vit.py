@@ -3,8 +3,18 @@
 Pre-norm blocks as in MAE's encoder: LN -> multi-head self-attention -> residual,
 LN -> MLP (GELU, ratio 4) -> residual; qkv bias on; LayerNorm eps 1e-6. Linear layers use
 xavier-uniform weights and zero biases (MAE's init). ``dtype`` is the compute dtype; parameters
-stay float32. Stochastic depth (drop path, for fine-tuning) draws from the ``drop_path`` RNG
-stream when ``deterministic`` is False.
+stay float32. Stochastic depth (drop path) draws from the ``drop_path`` RNG stream when
+``deterministic`` is False.
+
+SimMIM's ViT (simmim.md) is the same block with options: ``qkv_bias="qv"`` (q and v biases, no k
+bias), ``layer_scale`` (per-channel gains ``gamma_1`` / ``gamma_2`` on both branches, starting at
+the given value), a BEiT-style relative position bias (``RelativePositionBias``, shared by all
+blocks or one per block) and ``init="beit"`` (trunc-normal 0.02 weights, the attention
+projection and fc2 of block i divided by sqrt(2 i)).
+
+With the ``intermediates`` collection mutable, every attention layer records the softmax
+attention of the first token ([CLS]) over all tokens as ``cls_attention`` [B, heads, T] (AMT's
+attention maps).
 """
 
 import dataclasses
@@ -17,6 +27,29 @@ import numpy as np
 
 xavier_uniform = nn.initializers.xavier_uniform()
 LN_EPS = 1e-6
+
+
+def trunc_normal(std: float, bound: float = 2.0):
+  """N(0, std^2) cut at +-``bound`` in absolute units (PyTorch's trunc_normal_ default cuts at
+  +-2, in effect no cut for small std)."""
+  return nn.initializers.truncated_normal(std, lower=-bound / std, upper=bound / std)
+
+
+def scaled(init, factor: float):
+  """``init`` with its values multiplied by ``factor``."""
+  def scaled_init(key, shape, dtype=jnp.float32):
+    return init(key, shape, dtype) * factor
+  return scaled_init
+
+
+def dense_init(style: str, out_scale: float = 1.0):
+  """Kernel initializer of the linear layers: 'mae' (xavier uniform) or 'beit' (trunc-normal
+  0.02); ``out_scale`` multiplies it (BEiT's 1 / sqrt(2 i) on the branch outputs)."""
+  if style == "mae":
+    return xavier_uniform
+  if style == "beit":
+    return scaled(trunc_normal(0.02), out_scale) if out_scale != 1.0 else trunc_normal(0.02)
+  raise ValueError(f"init must be 'mae' or 'beit', got {style!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,33 +81,100 @@ def parse_variant(variant: str):
                      f"{sorted(VIT_SIZES)}, e.g. 'B/16'") from None
 
 
-class Attention(nn.Module):
+class RelativePositionBias(nn.Module):
+  """BEiT's relative position bias on a ``grid`` of patches plus a [CLS] token.
+
+  A zero-initialized table [(2h - 1)(2w - 1) + 3, heads]: one entry per 2-D offset between
+  patches, and three for [CLS] -> patch, patch -> [CLS] and [CLS] -> [CLS]. Called with token ids
+  ``ids`` [B, T'] (0 = [CLS], 1 + i = patch i), returns the bias among those tokens
+  [B, heads, T', T']; with ``ids`` None, [1, heads, T, T] over all 1 + h*w tokens.
+  """
+  grid: tuple
   num_heads: int
+
+  @staticmethod
+  def index(grid):
+    h, w = grid
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    coords = np.stack([rows.reshape(-1), cols.reshape(-1)])             # [2, L]
+    rel = coords[:, :, None] - coords[:, None, :]                       # [2, L, L]
+    patch = (rel[0] + h - 1) * (2 * w - 1) + (rel[1] + w - 1)
+    n = (2 * h - 1) * (2 * w - 1)
+    index = np.zeros((h * w + 1,) * 2, np.int32)
+    index[1:, 1:] = patch
+    index[0, :] = n          # [CLS] -> patch
+    index[:, 0] = n + 1      # patch -> [CLS]
+    index[0, 0] = n + 2      # [CLS] -> [CLS]
+    return index
+
+  @nn.compact
+  def __call__(self, ids=None):
+    h, w = self.grid
+    table = self.param("table", nn.initializers.zeros,
+                       ((2 * h - 1) * (2 * w - 1) + 3, self.num_heads))
+    bias = jnp.transpose(table[self.index(self.grid)], (2, 0, 1))      # [heads, T, T]
+    if ids is None:
+      return bias[None]
+    return jax.vmap(lambda i: bias[:, i[:, None], i[None, :]])(ids)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention. ``qkv_bias``: 'qkv' (one Dense with bias), 'qv' (SimMIM / BEiT:
+  separate q and v biases, none on k) or 'none'. ``rel_pos_grid`` gives the layer its own
+  relative position bias; ``bias`` (added to the logits) comes from outside (a shared one)."""
+  num_heads: int
+  qkv_bias: str = "qkv"
+  init: str = "mae"
+  out_scale: float = 1.0
+  rel_pos_grid: tuple = ()
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, bias=None, token_ids=None):
     b, t, d = x.shape
     if d % self.num_heads:
       raise ValueError(f"width {d} is not divisible by {self.num_heads} heads")
-    qkv = nn.Dense(3 * d, kernel_init=xavier_uniform, dtype=self.dtype, name="qkv")(x)
+    if self.qkv_bias not in ("qkv", "qv", "none"):
+      raise ValueError(f"qkv_bias must be 'qkv', 'qv' or 'none', got {self.qkv_bias!r}")
+    kernel = dense_init(self.init)
+    qkv = nn.Dense(3 * d, use_bias=self.qkv_bias == "qkv", kernel_init=kernel, dtype=self.dtype,
+                   name="qkv")(x)
+    if self.qkv_bias == "qv":
+      q_bias = self.param("q_bias", nn.initializers.zeros, (d,))
+      v_bias = self.param("v_bias", nn.initializers.zeros, (d,))
+      qkv = qkv + jnp.concatenate([q_bias, jnp.zeros_like(q_bias), v_bias]).astype(qkv.dtype)
+    if self.rel_pos_grid:
+      own = RelativePositionBias(self.rel_pos_grid, self.num_heads, name="rel_pos_bias")(token_ids)
+      bias = own if bias is None else bias + own
     qkv = qkv.reshape(b, t, 3, self.num_heads, d // self.num_heads)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    out = jax.nn.dot_product_attention(q, k, v)
+    if bias is not None:
+      bias = bias.astype(q.dtype)
+    if self.is_mutable_collection("intermediates"):
+      logits = jnp.einsum("bhd,bkhd->bhk", q[:, 0].astype(jnp.float32), k.astype(jnp.float32))
+      logits = logits / np.sqrt(d // self.num_heads)
+      if bias is not None:
+        logits = logits + bias[:, :, 0].astype(jnp.float32)
+      self.sow("intermediates", "cls_attention", jax.nn.softmax(logits, axis=-1))
+    out = jax.nn.dot_product_attention(q, k, v, bias=bias)
     out = out.reshape(b, t, d)
-    return nn.Dense(d, kernel_init=xavier_uniform, dtype=self.dtype, name="proj")(out)
+    return nn.Dense(d, kernel_init=dense_init(self.init, self.out_scale), dtype=self.dtype,
+                    name="proj")(out)
 
 
 class Mlp(nn.Module):
   hidden: int
+  init: str = "mae"
+  out_scale: float = 1.0
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     d = x.shape[-1]
-    x = nn.Dense(self.hidden, kernel_init=xavier_uniform, dtype=self.dtype, name="fc1")(x)
+    x = nn.Dense(self.hidden, kernel_init=dense_init(self.init), dtype=self.dtype, name="fc1")(x)
     x = nn.gelu(x, approximate=False)
-    return nn.Dense(d, kernel_init=xavier_uniform, dtype=self.dtype, name="fc2")(x)
+    return nn.Dense(d, kernel_init=dense_init(self.init, self.out_scale), dtype=self.dtype,
+                    name="fc2")(x)
 
 
 class DropPath(nn.Module):
@@ -91,20 +191,43 @@ class DropPath(nn.Module):
     return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
 
 
+@dataclasses.dataclass(frozen=True)
+class BlockOptions:
+  """SimMIM / BEiT options of the transformer blocks (the defaults are MAE's plain block)."""
+  qkv_bias: str = "qkv"           # qkv | qv | none
+  layer_scale: float = 0.0        # > 0: gamma_1 / gamma_2 gains starting at this value
+  init: str = "mae"               # mae (xavier) | beit (trunc-normal 0.02, 1/sqrt(2 i) rescale)
+  rel_pos_grid: tuple = ()        # a relative position bias per block on this patch grid
+
+
 class Block(nn.Module):
   num_heads: int
   mlp_ratio: float = 4.0
   drop_path: float = 0.0
+  options: BlockOptions = BlockOptions()
+  layer_index: int = 1            # 1-based, for the 'beit' init's rescaling
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, deterministic: bool = True):
+  def __call__(self, x, deterministic: bool = True, bias=None, token_ids=None):
     d = x.shape[-1]
+    o = self.options
+    out_scale = 1.0 / np.sqrt(2.0 * self.layer_index) if o.init == "beit" else 1.0
     drop = DropPath(self.drop_path)
+
+    def gain(name, y):
+      if o.layer_scale <= 0:
+        return y
+      g = self.param(name, nn.initializers.constant(o.layer_scale), (d,))
+      return y * g.astype(y.dtype)
+
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm1")(x)
-    x = x + drop(Attention(self.num_heads, dtype=self.dtype, name="attn")(y), deterministic)
+    y = Attention(self.num_heads, o.qkv_bias, o.init, out_scale, o.rel_pos_grid,
+                  dtype=self.dtype, name="attn")(y, bias, token_ids)
+    x = x + drop(gain("gamma_1", y), deterministic)
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm2")(x)
-    return x + drop(Mlp(int(d * self.mlp_ratio), dtype=self.dtype, name="mlp")(y), deterministic)
+    y = Mlp(int(d * self.mlp_ratio), o.init, out_scale, dtype=self.dtype, name="mlp")(y)
+    return x + drop(gain("gamma_2", y), deterministic)
 
 
 def drop_path_rates(rate: float, depth: int):
@@ -125,34 +248,38 @@ class PatchEmbed(nn.Module):
   """Linear map of each flattened patch ([B, L, p*p*C] -> [B, L, dim]).
 
   The same map as a p x p stride-p convolution; its kernel [p*p*C, dim] is the convolution
-  kernel viewed as a matrix, initialized xavier-uniform as MAE does.
+  kernel viewed as a matrix, initialized xavier-uniform with PyTorch's default bias as MAE does
+  (``init="mae"``), or trunc-normal 0.02 with a zero bias as SimMIM's ViT does (``"beit"``).
   """
   dim: int
+  init: str = "mae"
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, patches):
     fan_in = patches.shape[-1]
-    return nn.Dense(self.dim, kernel_init=xavier_uniform,
-                    bias_init=torch_default_init(fan_in), dtype=self.dtype,
-                    name="proj")(patches)
+    bias_init = torch_default_init(fan_in) if self.init == "mae" else nn.initializers.zeros
+    return nn.Dense(self.dim, kernel_init=dense_init(self.init), bias_init=bias_init,
+                    dtype=self.dtype, name="proj")(patches)
 
 
 class Transformer(nn.Module):
   """A stack of ``depth`` blocks followed by a final LayerNorm (left out with
-  ``final_norm=False``, as fine-tuning with average pooling does)."""
+  ``final_norm=False``, as fine-tuning with average pooling does). ``bias`` / ``token_ids`` reach
+  every block's attention (a shared relative position bias; the ids of the tokens present)."""
   depth: int
   num_heads: int
   mlp_ratio: float = 4.0
   drop_path_rate: float = 0.0
   final_norm: bool = True
+  options: BlockOptions = BlockOptions()
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, deterministic: bool = True):
+  def __call__(self, x, deterministic: bool = True, bias=None, token_ids=None):
     for i, rate in enumerate(drop_path_rates(self.drop_path_rate, self.depth)):
-      x = Block(self.num_heads, self.mlp_ratio, rate, dtype=self.dtype, name=f"block_{i}")(
-          x, deterministic)
+      x = Block(self.num_heads, self.mlp_ratio, rate, self.options, layer_index=i + 1,
+                dtype=self.dtype, name=f"block_{i}")(x, deterministic, bias, token_ids)
     if self.final_norm:
       x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm")(x)
     return x
