@@ -100,6 +100,19 @@ def base_config(method: str = "mae") -> ConfigDict:
       faithful_crop_bug=False,   # align maps with the crop as the released code does (wrongly)
       batch_size=256,            # global batch of the refresh pass
       images=8))                 # images in the PNG written at each refresh
+  # --- MI-MAE (mi_mae.md): the views and the weights of the information terms ---
+  c.mi_mae = ConfigDict(dict(
+      num_masks=4,               # views per image
+      mask_mode="partition",     # partition (complementary) | independent (model.mask_ratio)
+      temperature=0.07,          # InfoNCE
+      lambda_max=1.0,            # InfoNCE maximization (our mapping of the seed's 1 / 1 / 10)
+      lambda_min=1.0,            # CLUB minimization
+      lambda_approx=10.0,        # V's likelihood fit
+      pool="mean",               # mean (of the visible tokens) | cls
+      projector_dim=0,           # > 0: a 2-layer MLP projector of this width on z
+      club_negatives="views",    # views (the same image's other views) | batch (standard CLUB)
+      v_hidden=512,              # V's hidden width
+      epoch_unit="images"))      # images | views: what total_epochs / warmup_epochs count
   # --- restoring and evaluating earlier runs ---
   c.init_from = ""               # a workdir whose checkpoint initializes the parameters
   c.init_step = -1               # its step; -1 = latest

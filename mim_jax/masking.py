@@ -116,3 +116,27 @@ def amt_split(order, counts, throw_lowest: bool = False):
     cut = order.shape[1] - thrown
     return order[:, :masked], order[:, cut:], order[:, masked:cut]
   return order[:, :masked], order[:, masked:masked + thrown], order[:, masked + thrown:]
+
+
+def partition_masking(key, batch_size: int, num_patches: int, num_views: int):
+  """MI-MAE's complementary masks: one random permutation of the L patches per image, view k
+  keeps its k-th block of ``L // N`` patches (the views' visible sets are disjoint and, when N
+  divides L, cover the image).
+
+  Returns ids_keep [B * N, K], ids_restore [B * N, L] and mask [B * N, L] as ``random_masking``
+  does, view k of image b in row ``b * N + k``.
+  """
+  kept = num_patches // num_views
+  if kept < 1:
+    raise ValueError(f"{num_views} views cannot share {num_patches} patches")
+  perm = jnp.argsort(jax.random.uniform(key, (batch_size, num_patches)), axis=1).astype(jnp.int32)
+  blocks = perm[:, :kept * num_views].reshape(batch_size, num_views, kept)
+  rest = perm[:, kept * num_views:]
+  shuffles = []
+  for k in range(num_views):  # view k: its own block first, then every other patch
+    others = [blocks[:, j] for j in range(num_views) if j != k] + [rest]
+    shuffles.append(jnp.concatenate([blocks[:, k]] + others, axis=1))
+  ids_shuffle = jnp.stack(shuffles, axis=1).reshape(batch_size * num_views, num_patches)
+  ids_restore = jnp.argsort(ids_shuffle, axis=1).astype(jnp.int32)
+  mask = (ids_restore >= kept).astype(jnp.float32)
+  return ids_shuffle[:, :kept], ids_restore, mask

@@ -164,7 +164,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   trains = hasattr(method, "loss")
   if not trains and not config.eval_only:
     raise ValueError(f"method {config.method!r} trains nothing: run it with eval_only=True")
-  schedule, total_steps = schedule_for(config, info.num_examples)
+  # An epoch is a pass over the training split, or the share of it a method says (MI-MAE).
+  epoch_examples = max(1, round(info.num_examples * getattr(method, "epoch_fraction", 1.0)))
+  schedule, total_steps = schedule_for(config, epoch_examples)
   base_key = jax.random.key(config.seed)
   abstract_params = jax.eval_shape(method.init, stream_key(base_key, "init", 0))
   # An evaluation needs no optimizer state (and restores none).

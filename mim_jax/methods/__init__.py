@@ -19,6 +19,8 @@ and optionally:
   ``stage(step)``             -> a name: methods whose step changes shape during the run (AMT:
                                  'random', then 'amt') get one jitted step per stage, and their
                                  ``loss`` takes ``stage=``;
+  ``epoch_fraction``          the share of the training split one configured epoch covers (MI-MAE
+                                 with epochs counted in views: 1 / N; default 1);
   ``step_hooks(mesh)``        -> hooks run before the step they are ``due(step)`` at:
                                  ``run(state, step, rng) -> (state, metrics, images)`` (AMT's
                                  attention refresh).
@@ -31,6 +33,7 @@ import importlib
 _REGISTRY = {
     "mae": "mim_jax.methods.mae:MAE",
     "simmim": "mim_jax.methods.simmim:SimMIM",
+    "mi_mae": "mim_jax.methods.mi_mae:MIMAE",
     "finetune": "mim_jax.methods.finetune:FineTune",
     "linear_probe": "mim_jax.methods.linear_probe:LinearProbe",
     "knn": "mim_jax.methods.knn:Knn",

@@ -70,16 +70,21 @@ class MAE(MaskedPretraining):
     pred = self.model.apply({"params": params}, patches.astype(self.dtype), ids_keep, ids_restore)
     return patches, pred, mask
 
+  def _amt_ids(self, extra, batch, mask_rng):
+    """AMT's draw for a batch: (visible ids [B, V], ids_restore [B, L], ids of the decoded
+    visible + masked patches [B, V + M], loss mask over them [B, V + M])."""
+    masked, thrown, visible = self.amt.split(mask_rng, self.amt.cached_weights(extra, batch))
+    ids_restore = jnp.argsort(jnp.concatenate([visible, masked, thrown], 1), 1).astype(jnp.int32)
+    mask = jnp.concatenate([jnp.zeros(visible.shape), jnp.ones(masked.shape)], 1)
+    return visible, ids_restore, jnp.concatenate([visible, masked], 1), mask
+
   def _predict_amt(self, params, extra, batch, mask_rng):
     """AMT: encode the visible patches, decode visible + masked ones (thrown ones dropped).
     Returns patches and predictions, targets' ids and loss mask over the decoded tokens."""
     patches = patchify(batch["image"], self.patch_size)
-    masked, thrown, visible = self.amt.split(mask_rng, self.amt.cached_weights(extra, batch))
-    ids_restore = jnp.argsort(jnp.concatenate([visible, masked, thrown], 1), 1).astype(jnp.int32)
-    ids_decode = jnp.concatenate([visible, masked], 1)
+    visible, ids_restore, ids_decode, mask = self._amt_ids(extra, batch, mask_rng)
     pred = self.model.apply({"params": params}, patches.astype(self.dtype), visible, ids_restore,
                             ids_decode)
-    mask = jnp.concatenate([jnp.zeros(visible.shape), jnp.ones(masked.shape)], 1)
     return patches, pred, ids_decode, mask
 
   def loss(self, params, extra, batch, rngs, stage=None):

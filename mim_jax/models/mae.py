@@ -133,9 +133,10 @@ class MAE(nn.Module):
   encoder: ViTEncoder
   decoder: MAEDecoder
 
-  def __call__(self, patches, ids_keep, ids_restore, ids_decode=None):
+  def __call__(self, patches, ids_keep, ids_restore, ids_decode=None, return_latent=False):
     latent = self.encoder(patches, ids_keep)
-    return self.decoder(latent, ids_restore, ids_decode).astype(jnp.float32)
+    pred = self.decoder(latent, ids_restore, ids_decode).astype(jnp.float32)
+    return (pred, latent) if return_latent else pred
 
   def encode(self, patches):
     """All tokens of the un-masked image: [B, 1 + L, width] (after the final norm)."""

@@ -1,0 +1,32 @@
+"""MI-MAE on the bundled digits, at the same number of views as configs/mae_digits.py.
+
+  python -m mim_jax.main --config configs/mi_mae_digits.py --workdir runs/mi_mae_digits
+  python -m mim_jax.main --config configs/mi_mae_digits.py:runlocal --workdir /tmp/mi_mae_quick
+
+Model, decoder, data, probe: as mae_digits. Four complementary masks per image (4 of the 16
+patches visible in each view: mask ratio 0.75, as MAE's), InfoNCE (T 0.07) between the views,
+CLUB with a variational network (hidden 512) against the same image's views, lambdas 1 / 1 / 10.
+Epochs count views (``mi_mae.epoch_unit='views'``): 100 view-epochs = 25 passes over the images,
+each giving 4 views, at 32 images (128 views) per step: 1100 steps and the same 140,800 views as
+mae_digits. The absolute lr is mae_digits' (7.5e-4: blr 6e-3 x 32 images / 256), since a step
+sees as many views. Hardware: 2 CPU cores, minutes. Measured: RESULTS.md.
+"""
+
+from mim_jax import recipes
+from mim_jax.config import base_config, parse_arg
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, runlocal=False)
+  c = base_config("mi_mae")
+  recipes.digits_data(c)
+  recipes.digits_encoder(c.model)
+  c.model.decoder_width, c.model.decoder_depth, c.model.decoder_heads = 64, 2, 4
+  c.model.norm_pix_loss = False
+  recipes.digits_pretraining(c, arg.runlocal)
+  c.mi_mae.num_masks = 4
+  c.mi_mae.mask_mode = "partition"
+  c.mi_mae.epoch_unit = "views"
+  c.batch_size = 32
+  c.optimizer.blr = 6e-3
+  return c
