@@ -22,11 +22,8 @@ from mim_jax.config import base_config, parse_arg
 def get_config(arg=None):
   arg = parse_arg(arg, runlocal=False)
   c = base_config("mae")
-  recipes.digits_data(c)
-  recipes.digits_encoder(c.model)
-  c.model.decoder_width, c.model.decoder_depth, c.model.decoder_heads = 64, 2, 4
+  recipes.digits_mae_model(c)
   c.model.mask_ratio = 0.75
-  c.model.norm_pix_loss = False
   recipes.digits_pretraining(c, arg.runlocal)
   c.optimizer.blr = 1.5e-3
   return c

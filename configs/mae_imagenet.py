@@ -18,6 +18,7 @@ ViT-L/16 85.9 / 75.8; ViT-H/14 fine-tune 86.9. (Fine-tuning and linear probing a
 evaluation runs; the fast probe logged here is only a training curve.)
 """
 
+from mim_jax import recipes
 from mim_jax.config import base_config, parse_arg
 
 VARIANTS = ("B/16", "L/16", "H/14")
@@ -41,26 +42,10 @@ def get_config(arg=None):
   c.optimizer.weight_decay = 0.05
   c.compute_dtype = "bfloat16"
   c.log_every = 100
-  c.image_every = 5000
   c.checkpoint.every_steps = 2000
-  c.probe.train_split = "train"
-  c.probe.test_split = "validation"
-  c.probe.train_examples = 10_000
-  c.probe.test_examples = 10_000
-  c.probe.every_steps = 10_000
-  c.probe.batch_size = 512
+  recipes.imagenet_pretraining(c)
   if arg.runlocal:  # a few steps of a tiny model on CPU, to check the wiring
-    c.model.variant = "tiny_test/16"
+    recipes.shrink_for_cpu(c)
     c.model.decoder_width, c.model.decoder_depth, c.model.decoder_heads = 32, 1, 2
-    c.compute_dtype = "float32"
-    c.batch_size = 16
-    c.total_steps = 10
-    c.warmup_epochs = 0.0
-    c.log_every = 2
     c.image_every = 10
-    c.checkpoint.every_steps = 5
-    c.probe.train_examples = 64
-    c.probe.test_examples = 64
-    c.probe.every_steps = 10
-    c.probe.batch_size = 16
   return c

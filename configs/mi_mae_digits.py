@@ -19,10 +19,7 @@ from mim_jax.config import base_config, parse_arg
 def get_config(arg=None):
   arg = parse_arg(arg, runlocal=False)
   c = base_config("mi_mae")
-  recipes.digits_data(c)
-  recipes.digits_encoder(c.model)
-  c.model.decoder_width, c.model.decoder_depth, c.model.decoder_heads = 64, 2, 4
-  c.model.norm_pix_loss = False
+  recipes.digits_mae_model(c)
   recipes.digits_pretraining(c, arg.runlocal)
   c.mi_mae.num_masks = 4
   c.mi_mae.mask_mode = "partition"

@@ -35,11 +35,7 @@ def get_config(arg=None):
   c.optimizer.blr = 1.5e-4
   c.optimizer.b1, c.optimizer.b2 = 0.9, 0.95
   c.optimizer.weight_decay = 0.05
-  c.image_every = 5000
-  c.probe.train_split, c.probe.test_split = "train", "validation"
-  c.probe.train_examples = c.probe.test_examples = 10_000
-  c.probe.every_steps = 10_000
-  c.probe.batch_size = 512
+  recipes.imagenet_pretraining(c)
   if arg.runlocal:
     recipes.shrink_for_cpu(c)
     c.model.decoder_width, c.model.decoder_depth, c.model.decoder_heads = 32, 1, 2

@@ -15,7 +15,4 @@ from mim_jax import recipes
 
 def get_config(arg=None):
   c = recipes.sibling_config("simmim_digits", arg)
-  recipes.amt(c, mask_ratio=0.44, throw_ratio=0.26, start_epoch=0.2 * c.total_epochs,
-              interval_epochs=0.2 * c.total_epochs)
-  c.amt.batch_size = 120
-  return c
+  return recipes.amt_digits(c, mask_ratio=0.44, throw_ratio=0.26, schedule_share=0.2)

@@ -25,6 +25,15 @@ def amt(c, mask_ratio: float, throw_ratio: float, start_epoch: float, interval_e
   return c
 
 
+def amt_digits(c, mask_ratio: float, throw_ratio: float, schedule_share: float):
+  """AMT on a digits config: plain masking for ``schedule_share`` of the epochs, then AMT with
+  a refresh every ``schedule_share`` (0.1 for MAE's recipe, 0.2 for SimMIM's)."""
+  share = schedule_share * c.total_epochs
+  amt(c, mask_ratio, throw_ratio, start_epoch=share, interval_epochs=share)
+  c.amt.batch_size = 120   # divides over 8 devices
+  return c
+
+
 def digits_data(c):
   """scikit-learn's 8x8 digits upsampled to 16x16 grey images; train 1437 / test 360."""
   c.dataset = "digits"
@@ -44,6 +53,16 @@ def digits_encoder(m):
   m.variant = "tiny_test/4"
   m.width, m.depth, m.heads = 128, 4, 4
   return m
+
+
+def digits_mae_model(c):
+  """The digits demo's data and MAE model (shared by MAE and MI-MAE): the digits encoder, a
+  64-wide / 2-block / 4-head decoder, pixel targets without per-patch normalization."""
+  digits_data(c)
+  digits_encoder(c.model)
+  c.model.decoder_width, c.model.decoder_depth, c.model.decoder_heads = 64, 2, 4
+  c.model.norm_pix_loss = False
+  return c
 
 
 def digits_pretraining(c, runlocal: bool = False):
@@ -82,6 +101,17 @@ def digits_evaluation(c):
   c.knn.test_split = "test"
   c.knn.batch_size = 120
   c.probe.enabled = False
+  return c
+
+
+def imagenet_pretraining(c):
+  """A pre-training run's images and fast probe on ImageNet: a PNG every 5000 steps; the probe on
+  10,000 training / 10,000 validation images every 10,000 steps."""
+  c.image_every = 5000
+  c.probe.train_split, c.probe.test_split = "train", "validation"
+  c.probe.train_examples = c.probe.test_examples = 10_000
+  c.probe.every_steps = 10_000
+  c.probe.batch_size = 512
   return c
 
 
@@ -158,12 +188,7 @@ def simmim_vit_b(c, batch_size: int):
   c.optimizer.warmup_lr = 5e-7 * batch_size / 512
   c.data.crop_scale = (0.67, 1.0)
   c.data.crop_ratio = (3 / 4, 4 / 3)
-  c.image_every = 5000
-  c.probe.train_split, c.probe.test_split = "train", "validation"
-  c.probe.train_examples = c.probe.test_examples = 10_000
-  c.probe.every_steps = 10_000
-  c.probe.batch_size = 512
-  return c
+  return imagenet_pretraining(c)
 
 
 def amt_runlocal(c):
