@@ -1,8 +1,11 @@
-"""SimMIM pre-training of ViT-B/16 on ImageNet-1K (Xie et al., CVPR 2022; simmim.md).
+"""SimMIM pre-training of ViT-B/16 on ImageNet-1K (Xie et al., CVPR 2022; simmim.md), or with
+``encoder=hierarchical`` of the MixMIM-B encoder with SimMIM's Swin-B recipe.
 
   python -m mim_jax.main --config configs/simmim_imagenet.py --workdir runs/simmim_b16 \
       --config.data.data_dir=/path/to/tensorflow_datasets
   python -m mim_jax.main --config configs/simmim_imagenet.py:runlocal --workdir /tmp/q
+  python -m mim_jax.main --config configs/simmim_imagenet.py:encoder=hierarchical \
+      --workdir runs/simmim_mixmim_b --config.data.data_dir=/path/to/tensorflow_datasets
 
 Checked against the official configs/vit_base__800ep/simmim_pretrain__vit_base__img224__800ep.yaml
 and the defaults of its config.py (microsoft/SimMIM):
@@ -23,17 +26,57 @@ bicubic resizing as everywhere in mim_jax (the official crop is bilinear).
 
 Reported (official README): ViT-B/16, 800 epochs: 83.8 fine-tune top-1
 (configs/finetune_simmim_imagenet.py).
+
+``encoder=hierarchical``: the official code's best results are on Swin; here its Swin-B recipe
+drives MixMIM-B (models/hierarchical.py) -- this pairing is our choice, nobody reports it.
+From configs/swin_base__800ep/simmim_pretrain__swin_base__img192_window6__800ep.yaml over the
+config.py defaults, and the README's launch line (16 GPUs x 128):
+  * 192 px, 32 px mask cells at ratio 0.6 (6x6 = 36 cells, 22 masked), drop path 0.0 (the yaml
+    overrides the default 0.1), head: one linear layer per stride-32 token to 32*32*3 pixels;
+  * 800 epochs, 10 warmup epochs from 5e-7 per 512 images, lr 1e-4 per 512 (batch 2048:
+    4e-4), then x0.1 at epoch 700 (multistep, per step); AdamW (0.9, 0.999), eps 1e-8, weight
+    decay 0.05, gradient clipping 5.0;
+  * no weight decay on 1-D parameters, biases, the [MASK] token or the relative position bias
+    tables (Swin's no-decay lists);
+  * data as for the ViT: RandomResizedCrop(scale (0.67, 1), ratio (3/4, 4/3)) + flip.
+What differs from the official Swin-B: MixMIM-B's blocks (width 128, depths 2/2/18/2, heads
+4/8/16/32 as Swin-B) but no shifted windows, a fixed 2-D sin-cos absolute position table
+(Swin-B uses none), MixMIM's init (xavier-uniform linear layers; Swin uses trunc-normal 0.02),
+and MixMIM's window layout instead of Swin's 6x6 windows: at 192 px the stages are 48^2, 24^2,
+12^2 and 6^2 tokens, and windows of 12, 12, 12, 6 give 4x4 and 2x2 windows in the first two
+stages and global attention in the last two -- MixMIM-B's layout at 224 px (its 14, 14, 14, 7
+do not divide 48). The [MASK] token replaces tokens after the patch LayerNorm, before the
+position table. The probe and kNN pool by averaging (no [CLS]).
+Fine-tuning at 224 with MixMIM-B's windows (14, 14, 14, 7) changes the shape of the relative
+position bias tables, which mim_jax.pretrained does not resize; fine-tune at 192 with
+--config.model.window_sizes='(12, 12, 12, 6)' or pre-train at 224 (--config.image_size=224
+--config.model.window_sizes='()') to reuse every table.
 """
 
 from mim_jax import recipes
 from mim_jax.config import base_config, parse_arg
 
 
+ENCODERS = ("vit", "hierarchical")
+
+
 def get_config(arg=None):
-  arg = parse_arg(arg, runlocal=False)
+  arg = parse_arg(arg, encoder="vit", runlocal=False)
+  if arg.encoder not in ENCODERS:
+    raise ValueError(f"encoder must be one of {ENCODERS}, got {arg.encoder!r}")
   c = base_config("simmim")
   recipes.imagenet_run(c)
   recipes.simmim_vit_b(c, batch_size=2048)
+  if arg.encoder == "hierarchical":
+    # simmim_vit_b's optimizer, warmup lr, crop and mask cells are the Swin-B recipe's too; its
+    # ViT options (pos_embed, rel_pos, layer_scale, qkv_bias, init) do not apply here.
+    c.image_size = 192
+    c.model.encoder = "hierarchical"
+    c.model.variant = "B"
+    c.model.window_sizes = (12, 12, 12, 6)
+    c.model.drop_path = 0.0
+    c.optimizer.wd_exclude = ("mask_token", "relative_position_bias_table")
+    c.probe.pool = c.knn.pool = "avg"
   c.total_epochs = 800.0
   c.warmup_epochs = 10.0
   c.optimizer.schedule = "multistep"
@@ -42,7 +85,9 @@ def get_config(arg=None):
   c.model.mask_ratio = 0.6
   if arg.runlocal:
     recipes.shrink_for_cpu(c)
-    c.model.mask_patch_size = 16
+    c.model.mask_patch_size = 16   # hierarchical: half the stride 32 (per-pixel loss blocks)
     c.image_every = 10
+    if arg.encoder == "hierarchical":
+      c.model.window_sizes = ()    # tiny_test's own windows
   return c
 

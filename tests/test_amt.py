@@ -108,7 +108,7 @@ def test_cls_attention_equals_a_direct_softmax():
   got = method.encoder.cls_attention(params, images)            # [B, heads, 1 + L]
 
   spec = method.encoder
-  x = spec._input(images)
+  x = spec.inputs(images)
   _, state = spec.module.apply({"params": params}, x, capture_intermediates=True,
                                mutable=["intermediates"])
   y = state["intermediates"]["transformer"]["block_1"]["norm1"]["__call__"][0]

@@ -92,7 +92,8 @@ def test_every_config_file_loads_with_its_variants():
   assert len(names) >= 11
   variants = {"finetune_mae_imagenet.py": ("B/16", "L/16", "H/14"),
               "linear_probe_imagenet.py": ("B/16", "L/16", "H/14"),
-              "finetune_mixmim_imagenet.py": ("B", "L"), "mae_imagenet.py": ("B/16", "L/16")}
+              "finetune_mixmim_imagenet.py": ("B", "L"), "mae_imagenet.py": ("B/16", "L/16"),
+              "mixmim_imagenet.py": ("B", "L")}
   for name in names:
     for arg in variants.get(name, (None,)):
       spec = name if arg is None else f"{name}:variant={arg}"

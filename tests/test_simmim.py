@@ -1,8 +1,10 @@
 """SimMIM (simmim.md): block masking, the L1 loss, SimMIM's ViT options on the shared ViT module,
-its parameter count, fine-tuning from its shared relative position bias, and a run with AMT."""
+its parameter count, fine-tuning from its shared relative position bias, a run with AMT, and
+SimMIM on the hierarchical encoder ([MASK] placement, pixel-level loss, a short run)."""
 
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 from mim_jax import checkpoint as ckpt_lib, config as config_lib, losses, masking, methods
 from mim_jax import pretrained, train
 from mim_jax.models import encoders
+from mim_jax.models.posembed import sincos_2d
 from mim_jax.models.vit import RelativePositionBias
 from mim_jax.patches import patchify, unpatchify
 from test_amt import IMAGENET_INFO
@@ -164,6 +167,28 @@ def test_finetune_copies_the_shared_bias_into_every_block():
     pretrained.adapt_encoder(params, target, spec, "test")
 
 
+def test_finetune_restores_the_encoder_of_a_vit_simmim_checkpoint(monkeypatch):
+  """A SimMIM pre-training checkpoint ({encoder, decoder}) gives a fine-tune model its encoder,
+  with the shared bias copied into every block (it is not mistaken for a classifier)."""
+  pre = simmim_tiny()
+  saved = jax.device_get(jax.jit(methods.get("simmim")(pre, 1).init)(jax.random.key(0)))
+  assert set(saved) == {"encoder", "decoder"}
+  monkeypatch.setattr(pretrained, "read_params", lambda workdir, step: (7, saved))
+  ft = config_lib.base_config("finetune")
+  ft.model.update({k: pre.model[k] for k in encoders.encoder_config()})
+  ft.model.rel_pos, ft.image_size = "per_block", 16
+  method = methods.get("finetune")(ft, 1, num_classes=10)
+  params = jax.device_get(method.init(jax.random.key(1)))
+  step, restored, _, what = method.load_pretrained(params, {}, "a SimMIM run")
+  assert (step, what) == (7, "encoder")
+  block = restored["encoder"]["transformer"]["block_3"]
+  np.testing.assert_array_equal(block["attn"]["rel_pos_bias"]["table"],
+                                saved["encoder"]["rel_pos_bias"]["table"])
+  np.testing.assert_array_equal(block["mlp"]["fc1"]["kernel"],
+                                saved["encoder"]["transformer"]["block_3"]["mlp"]["fc1"]["kernel"])
+  np.testing.assert_array_equal(restored["head"]["kernel"], params["head"]["kernel"])
+
+
 def test_simmim_amt_runs_through_a_refresh(tmp_path):
   c = simmim_tiny(depth=1)
   for key, value in {"model.masking": "amt", "train_split": "train[:160]", "batch_size": 16,
@@ -182,3 +207,164 @@ def test_simmim_amt_runs_through_a_refresh(tmp_path):
   assert not np.all(cache[:160] == 1) and np.all(cache[160:] == 1)
   method = methods.get("simmim")(c, 1, data_info=IMAGENET_INFO)
   assert method.amt.counts == (8, 5, 3)                      # 16 cells at 0.44 / 0.26, rounded up
+
+
+# -------------------------------------------------------------------------------- hierarchical
+HIER_DIGITS = "simmim_digits.py:encoder=hierarchical,runlocal"
+
+
+def hier_config(spec=HIER_DIGITS, **overrides):
+  c = config_lib.load(os.path.join(ROOT, "configs", spec))
+  for key, value in overrides.items():
+    config_lib.override(c, key, str(value))
+  return c
+
+
+def pixel_mask(cells, image_size, cell):
+  """[B, cells] -> [B, H, W] by explicit cell boxes (row-major cells)."""
+  cells = np.asarray(cells)
+  side = image_size // cell
+  out = np.zeros((cells.shape[0], image_size, image_size), np.float32)
+  for n in range(side * side):
+    r, c = divmod(n, side)
+    out[:, r * cell:(r + 1) * cell, c * cell:(c + 1) * cell] = cells[:, n, None, None]
+  return out
+
+
+def slow_hier_l1(pred, images, cells, cell, stride):
+  """SimMIM's loss written out: token t's output unit (i * s + j) * C + k is pixel
+  (t_row * s + i, t_col * s + j) of channel k; the L1 over masked pixels, divided by
+  (masked pixels + 1e-5) and by C."""
+  pred, images = np.asarray(pred, np.float64), np.asarray(images, np.float64)
+  b, h, _, ch = images.shape
+  side = h // stride
+  image_pred = np.zeros_like(images)
+  for t in range(side * side):
+    r, c = divmod(t, side)
+    for i in range(stride):
+      for j in range(stride):
+        for k in range(ch):
+          image_pred[:, r * stride + i, c * stride + j, k] = pred[:, t, (i * stride + j) * ch + k]
+  mask = pixel_mask(cells, h, cell)[..., None]
+  return (np.abs(image_pred - images) * mask).sum() / (mask.sum() + 1e-5) / ch
+
+
+@pytest.fixture(scope="module")
+def hier_digits():
+  """The digits SimMIM on the hierarchical encoder, one block per stage, initialized."""
+  method = methods.get("simmim")(hier_config(**{"model.stage_depths": "(1, 1)"}), 1)
+  return method, jax.jit(method.init)(jax.random.key(0))
+
+
+def test_hier_mask_token_replaces_masked_tokens_before_positions(hier_digits):
+  method, params = hier_digits
+  module = method.encoder.module                      # digits: 2 px patches, 8x8 stage-0 tokens
+  assert (module.patch_size, method.stride, method.unit) == (2, 4, 4)
+  images = jax.random.normal(jax.random.key(1), (2, 16, 16, 1))
+  assert "mask_token" not in jax.eval_shape(module.init, jax.random.key(0), images)["params"]
+  enc = params["encoder"]
+  token = np.asarray(enc["mask_token"])
+  assert token.shape == (1, 1, 64) and 0.01 < token.std() < 0.03
+
+  cells = np.zeros((2, 16), np.float32)
+  cells[0, [0, 5, 6, 15]] = 1
+  cells[1, [3, 9]] = 1
+  # Stage-0 token mask by hand: cell (r, c) of the 4x4 grid covers tokens 2r..2r+1, 2c..2c+1.
+  token_mask = np.repeat(np.repeat(cells.reshape(2, 4, 4), 2, 1), 2, 2).reshape(2, 64)
+  np.testing.assert_array_equal(method._hier_token_mask(jnp.asarray(cells)), token_mask)
+  noise = jax.random.normal(jax.random.key(2), images.shape)
+  changed = images + 3.0 * noise * pixel_mask(cells, 16, 4)[..., None]
+  zeros = np.zeros_like(token_mask)
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if context.module.name in ("patch_norm", "stage_0") and context.method_name == "__call__":
+      seen[context.module.name] = args[0] if context.module.name == "stage_0" else out
+    return out
+
+  @jax.jit
+  def apply(x, m):
+    """Encoder output, and the patch LayerNorm's output and the first stage's input."""
+    seen.clear()
+    with nn.intercept_methods(record):
+      out = module.apply({"params": enc}, x, token_mask=m)
+    return out, seen["patch_norm"], seen["stage_0"]
+
+  seen = {}
+  out1, normed, stage_in = apply(images, token_mask)
+  out2 = apply(changed, token_mask)[0]
+  np.testing.assert_array_equal(out1, out2)          # masked pixels are never seen
+  assert np.abs(np.asarray(apply(images, zeros)[0] - apply(changed, zeros)[0])).max() > 1e-2
+  # Placement: the first stage receives LN(patch_embed) * (1 - w) + mask_token * w + sin-cos.
+  w = token_mask.reshape(2, 8, 8, 1)
+  pos = sincos_2d(64, 8, 8).reshape(1, 8, 8, 64)
+  want = np.asarray(normed) * (1 - w) + token.reshape(1, 1, 1, 64) * w + pos
+  np.testing.assert_allclose(np.asarray(stage_in), want, atol=1e-6)
+
+
+def test_hier_loss_equals_a_slow_pixel_computation(hier_digits):
+  # Digits: 4 px cells = the stride (one last-stage token per cell).
+  method, params = hier_digits
+  images = jax.random.normal(jax.random.key(1), (3, 16, 16, 1))
+  rngs = {"mask": jax.random.key(2), "drop_path": jax.random.key(3)}
+  loss, (metrics_, _) = jax.jit(method.loss)(params, {}, {"image": images}, rngs)
+  cells = np.asarray(masking.block_masking(rngs["mask"], 3, 16, 0.6))
+  assert np.all(cells.sum(1) == 10)                       # ceil(16 * 0.6)
+  token_mask = np.repeat(np.repeat(cells.reshape(3, 4, 4), 2, 1), 2, 2).reshape(3, 64)
+  pred = jax.jit(method.model.apply)({"params": params}, images, token_mask)
+  assert pred.shape == (3, 16, 16)                        # 4x4 tokens, 4 * 4 * 1 pixels each
+  np.testing.assert_allclose(float(loss), slow_hier_l1(pred, images, cells, 4, 4), rtol=1e-5)
+  assert float(metrics_["loss"]) == float(loss)
+  assert "head" not in params and params["decoder"]["kernel"].shape == (128, 16)
+
+  # Cells smaller than the stride (16 px cells, stride 32: the ImageNet runlocal) and cells
+  # that are neither (48 px cells, stride 32, 96 px images: 16 px loss blocks).
+  cases = [(hier_config("simmim_imagenet.py:encoder=hierarchical,runlocal"), 16, 16),
+           (hier_config("simmim_imagenet.py:encoder=hierarchical,runlocal", image_size=96,
+                        **{"model.mask_patch_size": 48,
+                           "model.window_sizes": "(3, 3, 3, 3)"}), 48, 16)]
+  for k, (c, cell, unit) in enumerate(cases):
+    method = methods.get("simmim")(c, 3)
+    assert (method.stride, method.cell, method.unit) == (32, cell, unit)
+    size = c.image_size
+    keys = jax.random.split(jax.random.key(10 + k), 3)
+    images = jax.random.normal(keys[0], (2, size, size, 3))
+    pred = jax.random.normal(keys[1], (2, (size // 32) ** 2, 32 * 32 * 3))
+    cells = masking.block_masking(keys[2], 2, method.num_cells, 0.6)
+    got = float(method.hier_l1(pred, images, cells))
+    np.testing.assert_allclose(got, slow_hier_l1(pred, images, cells, cell, 32), rtol=1e-5)
+
+
+def test_hier_short_run_and_finetune_init(tmp_path):
+  c = hier_config(**{"model.stage_depths": "(1, 1)", "batch_size": 16, "total_steps": 3,
+                     "checkpoint.every_steps": 3, "image_every": 3, "log_every": 1,
+                     "probe.enabled": False, "probe.random_init": False})
+  workdir = str(tmp_path / "simmim_hier")
+  train.train_and_evaluate(c, workdir)
+  losses_ = [r["loss"] for r in read_metrics(workdir) if "loss" in r]
+  assert len(losses_) == 3 and all(np.isfinite(losses_)) and 0 < losses_[0] < 5
+  assert os.listdir(os.path.join(workdir, "images"))      # the reconstruction grid
+
+  # A fine-tune model of the same encoder takes it, without the [MASK] token and the pixel head.
+  _, saved = pretrained.read_params(workdir)
+  assert "mask_token" in saved["encoder"]
+  ft = config_lib.load(os.path.join(ROOT, "configs", "finetune_digits.py:runlocal"))
+  for key, value in {"model.encoder": "hierarchical", "model.variant": "digits",
+                     "model.width": "0", "model.stage_depths": "(1, 1)"}.items():
+    config_lib.override(ft, key, value)
+  method = methods.get("finetune")(ft, 1, num_classes=10)
+  shapes = jax.eval_shape(method.init, jax.random.key(0))
+  fresh = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  step, params, _, what = method.load_pretrained(fresh, {}, workdir)
+  assert (step, what) == (3, "encoder") and "mask_token" not in params["encoder"]
+  want = dict(saved["encoder"])
+  del want["mask_token"]
+  jax.tree.map(np.testing.assert_array_equal, params["encoder"], want)
+
+
+def test_hier_rejects_amt_and_bad_cells():
+  with pytest.raises(ValueError, match="amt.*vit"):
+    methods.get("simmim")(hier_config(**{"model.masking": "amt"}), 1)
+  for cell in (3, 6):                   # not a multiple of the 2 px patch; does not divide 16
+    with pytest.raises(ValueError, match="mask_patch_size"):
+      methods.get("simmim")(hier_config(**{"model.mask_patch_size": cell}), 1)

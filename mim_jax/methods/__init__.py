@@ -34,6 +34,7 @@ _REGISTRY = {
     "mae": "mim_jax.methods.mae:MAE",
     "simmim": "mim_jax.methods.simmim:SimMIM",
     "mi_mae": "mim_jax.methods.mi_mae:MIMAE",
+    "mixmim": "mim_jax.methods.mixmim:MixMIM",
     "finetune": "mim_jax.methods.finetune:FineTune",
     "linear_probe": "mim_jax.methods.linear_probe:LinearProbe",
     "knn": "mim_jax.methods.knn:Knn",

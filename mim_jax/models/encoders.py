@@ -55,17 +55,18 @@ class EncoderSpec:
   copied_from: tuple = ()       # (regex, name): a parameter the fine-tune model adds, copied
                                 # from the checkpoint's parameter ``name`` when that exists
 
-  def _input(self, images):
+  def inputs(self, images):
+    """What the module takes: flattened patches (ViT) or the images, in the compute dtype."""
     x = patchify(images, self.patch_size) if self.patch_size else images
     return x.astype(self.module.dtype)
 
   def init(self, rng, images):
     """The encoder's parameters, for images like ``images`` [B, H, W, C]."""
-    return self.module.init(rng, self._input(images))["params"]
+    return self.module.init(rng, self.inputs(images))["params"]
 
   def apply(self, params, images, deterministic=True, rngs=None):
     """Tokens of whole images: [B, T, width] (ViT: [CLS] first)."""
-    return self.module.apply({"params": params}, self._input(images),
+    return self.module.apply({"params": params}, self.inputs(images),
                              deterministic=deterministic, rngs=rngs)
 
   def cls_attention(self, params, images):
@@ -73,7 +74,7 @@ class EncoderSpec:
     [B, heads, 1 + L] (AMT's attention maps; ViT only)."""
     if self.family != "vit":
       raise ValueError(f"[CLS] attention maps need a ViT encoder, not {self.family!r}")
-    _, state = self.module.apply({"params": params}, self._input(images),
+    _, state = self.module.apply({"params": params}, self.inputs(images),
                                  mutable=["intermediates"])
     block = state["intermediates"]["transformer"][f"block_{self.num_layers - 1}"]
     return block["attn"]["cls_attention"][0]
@@ -135,7 +136,7 @@ def build(m, image_size: int, *, dtype=jnp.float32, drop_path_rate: float = 0.0,
       raise ValueError(f"hierarchical encoder: stage_depths {depths}, stage_heads {heads} and "
                        f"window_sizes {windows} must have one entry per stage")
     module = hierarchical.HierarchicalEncoder(
-        embed, depths, heads, windows, image_size, patch_size=m.patch_size or 4,
+        embed, depths, heads, windows, image_size, patch_size=m.patch_size or size.patch_size,
         mlp_ratio=m.mlp_ratio, drop_path_rate=drop_path_rate, dtype=dtype)
     # The official MixMIM rule puts the final norm and the head at num_layers (lr scale decay^1).
     num = hierarchical.num_layers(depths)

@@ -25,11 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mim_jax import mixing
 from mim_jax.models.posembed import sincos_2d
-from mim_jax.models.vit import DropPath, Mlp, torch_default_init, xavier_uniform
+from mim_jax.models.vit import (DropPath, Mlp, isolation_bias, torch_default_init,
+                                trunc_normal, xavier_uniform)
 
 LN_EPS = 1e-5
-MASK_LOGIT = -1e30  # added (float32) to logits between tokens of different images
 # timm's trunc_normal_(std=.02) cuts at +-2 in absolute units, i.e. at +-100 std: in effect a plain
 # normal with std 0.02 (jax's bounds are in units of std).
 bias_table_init = nn.initializers.truncated_normal(stddev=0.02, lower=-100.0, upper=100.0)
@@ -41,12 +42,16 @@ class HierSize:
   depths: tuple
   heads: tuple
   window_sizes: tuple  # per stage; clamped to the stage resolution
+  patch_size: int = 4
 
 
 # "tiny_test" is for unit tests; at 64 px it has B's window layout at 224 px (16 / 4 / 1 / 1
-# windows per stage).
+# windows per stage). "digits" (our choice) fits the 16 px digits demo: 2 px patches and two
+# stages (8^2 tokens 64 wide in 8x8 windows, then 4^2 tokens 128 wide, global), so the last
+# stage has the 4x4 grid of the ViT demo's 4 px patches.
 HIER_SIZES = {
     "tiny_test": HierSize(16, (1, 1, 1, 1), (1, 2, 2, 4), (4, 4, 4, 2)),
+    "digits": HierSize(64, (2, 3), (2, 4), (8, 4), patch_size=2),
     "B": HierSize(128, (2, 2, 18, 2), (4, 8, 16, 32), (14, 14, 14, 7)),
     "L": HierSize(192, (2, 2, 18, 2), (6, 12, 24, 48), (14, 14, 14, 7)),
     "H": HierSize(352, (2, 2, 18, 2), (11, 22, 44, 88), (14, 14, 14, 7)),
@@ -159,7 +164,7 @@ class WindowAttention(nn.Module):
   """Multi-head self-attention inside w x w windows with a relative position bias.
 
   x: [nWB, w*w, C]; mask: optional [nWB, w*w] float per token, logits between tokens with
-  different values get MASK_LOGIT.
+  different values get ``vit.MASK_LOGIT`` (in float32).
   """
   num_heads: int
   window: int
@@ -181,8 +186,7 @@ class WindowAttention(nn.Module):
     bias = table[relative_position_index(self.window)]          # [t, t, heads]
     logits = logits + bias.transpose(2, 0, 1)[None].astype(jnp.float32)
     if mask is not None:
-      differ = (mask[:, :, None] != mask[:, None, :]).astype(jnp.float32)
-      logits = logits + MASK_LOGIT * differ[:, None]
+      logits = logits + isolation_bias(mask)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("nhqk,nkhd->nqhd", probs, v).reshape(n, t, c)
     return nn.Dense(c, kernel_init=xavier_uniform, dtype=self.dtype, name="proj")(out)
@@ -259,8 +263,14 @@ class HierarchicalEncoder(nn.Module):
   drop_path_rate: float = 0.0  # linearly increasing over all blocks; needs the 'drop_path' RNG
   dtype: Any = jnp.float32
 
+  @property
+  def stride(self) -> int:
+    """Pixels per side of a last-stage token: patch_size * 2 ** (stages - 1) (32 for B)."""
+    return self.patch_size * 2 ** (len(self.depths) - 1)
+
   @nn.compact
-  def __call__(self, images, mask=None, deterministic: bool = True, mix: bool = False):
+  def __call__(self, images, mask=None, deterministic: bool = True, mix: bool = False,
+               groups: int = 1, token_mask=None):
     """images [B, H, W, C] -> tokens [B, L_last, C_last] after the final LayerNorm.
 
     mask: optional [B or 1, N0] 0/1 per stage-0 token (N0 = (H/p) * (W/p), row-major). When
@@ -269,7 +279,13 @@ class HierarchicalEncoder(nn.Module):
     mask's top-left value of each 2x2 merging group (all four agree when mask cells are as
     large as a last-stage token).
     mix: MixMIM's mixing (needs ``mask``): after the patch embedding (and its norm) the tokens
-    become x * (1 - m) + flip(x) * m, flip reversing the batch; the positions are added after.
+    become x * (1 - m) + partner(x) * m, the partner being the batch reversed inside each of
+    ``groups`` equal groups (``mixing.partners``); the positions are added after.
+    token_mask: optional [B or 1, N0] 0/1 per stage-0 token (1 = masked; SimMIM on this
+    encoder). The embeddings of masked tokens (after ``patch_norm``) become a learned
+    ``mask_token`` [1, 1, embed_dim] (trunc-normal std 0.02): x * (1 - w) + mask_token * w,
+    before any mixing and before the sin-cos positions are added, so nothing downstream sees
+    the pixels of a masked token. The parameter exists only in models called with a token_mask.
     """
     if not len(self.depths) == len(self.heads) == len(self.window_sizes):
       raise ValueError(f"depths {self.depths}, heads {self.heads} and window_sizes "
@@ -286,6 +302,13 @@ class HierarchicalEncoder(nn.Module):
     x = nn.Dense(self.embed_dim, kernel_init=torch_default_init(fan_in),
                  bias_init=torch_default_init(fan_in), dtype=self.dtype, name="patch_embed")(patches)
     x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="patch_norm")(x)
+    if token_mask is not None:
+      token_mask = jnp.asarray(token_mask)
+      if token_mask.ndim != 2 or token_mask.shape[1] != g * g or token_mask.shape[0] not in (1, b):
+        raise ValueError(f"token_mask must be [{b} or 1, {g * g}], got {token_mask.shape}")
+      token = self.param("mask_token", trunc_normal(0.02), (1, 1, self.embed_dim))
+      w = token_mask.astype(x.dtype).reshape(-1, g, g, 1)
+      x = x * (1 - w) + token.astype(x.dtype)[None] * w
 
     if mask is not None:
       mask = jnp.asarray(mask)
@@ -295,8 +318,7 @@ class HierarchicalEncoder(nn.Module):
     if mix:
       if mask is None:
         raise ValueError("mix=True needs a mask")
-      m = mask[..., None].astype(x.dtype)
-      x = x * (1 - m) + x[::-1] * m
+      x = mixing.mix(x, mask, groups)
 
     pos = sincos_2d(self.embed_dim, g, g).reshape(g, g, self.embed_dim)
     x = x + jnp.asarray(pos, x.dtype)[None]

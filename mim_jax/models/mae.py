@@ -6,9 +6,10 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mim_jax import mixing
 from mim_jax.models.posembed import sincos_2d
 from mim_jax.models.vit import (BlockOptions, PatchEmbed, RelativePositionBias, Transformer,
-                                trunc_normal, xavier_uniform)
+                                isolation_bias, trunc_normal, xavier_uniform)
 
 token_init = nn.initializers.normal(stddev=0.02)
 
@@ -33,6 +34,10 @@ class ViTEncoder(nn.Module):
   ``drop_path_rate`` turns on stochastic depth when called with ``deterministic=False``.
   ``rel_pos``: 'none', 'shared' (one BEiT relative position bias for all blocks: SimMIM's
   pre-training) or 'per_block' (SimMIM's fine-tuning). ``options`` holds the other block options.
+  With ``mix_mask`` [B, L] (MixMIM on a plain ViT, our variant) the patch embeddings where it is 1
+  come from the partner example (``mixing.mix`` with ``groups``) and every attention logit
+  between tokens of different images gets ``vit.MASK_LOGIT``; [CLS] belongs to the example's own
+  image (mask value 0).
   """
   width: int
   depth: int
@@ -61,7 +66,8 @@ class ViTEncoder(nn.Module):
     return jnp.asarray(table)
 
   @nn.compact
-  def __call__(self, patches, ids_keep=None, deterministic: bool = True, mask=None):
+  def __call__(self, patches, ids_keep=None, deterministic: bool = True, mask=None,
+               mix_mask=None, groups: int = 1):
     if self.rel_pos not in ("none", "shared", "per_block"):
       raise ValueError(f"rel_pos must be 'none', 'shared' or 'per_block', got {self.rel_pos!r}")
     x = PatchEmbed(self.width, self.options.init, dtype=self.dtype, name="patch_embed")(patches)
@@ -69,6 +75,10 @@ class ViTEncoder(nn.Module):
       token = self.param("mask_token", trunc_normal(0.02, bound=0.02), (1, 1, self.width))
       m = mask[:, :, None].astype(x.dtype)
       x = x * (1 - m) + token.astype(x.dtype) * m
+    if mix_mask is not None:
+      if ids_keep is not None:
+        raise ValueError("mixing (mix_mask) encodes every token: ids_keep must be None")
+      x = mixing.mix(x, mix_mask, groups)
     table = self._position_table()
     pos = None if table is None else jnp.asarray(table, x.dtype)
     if pos is not None:
@@ -86,6 +96,10 @@ class ViTEncoder(nn.Module):
     bias = None
     if self.rel_pos == "shared":
       bias = RelativePositionBias(self.grid, self.heads, name="rel_pos_bias")(token_ids)
+    if mix_mask is not None:  # [CLS] joins the example's own image (group 0)
+      groups_of_tokens = jnp.concatenate([jnp.zeros_like(mix_mask[:, :1]), mix_mask], axis=1)
+      isolation = isolation_bias(groups_of_tokens)
+      bias = isolation if bias is None else bias + isolation
     options = self.options
     if self.rel_pos == "per_block":
       options = dataclasses.replace(options, rel_pos_grid=tuple(self.grid))

@@ -27,6 +27,15 @@ import numpy as np
 
 xavier_uniform = nn.initializers.xavier_uniform()
 LN_EPS = 1e-6
+MASK_LOGIT = -1e30  # added to the logits between tokens of two different mixed images
+
+
+def isolation_bias(groups):
+  """MixMIM's masked attention as an additive bias: [B, T] group of each token (which of the
+  mixed images it belongs to) -> float32 [B, 1, T, T], MASK_LOGIT where the groups differ."""
+  groups = jnp.asarray(groups)
+  differ = groups[:, :, None] != groups[:, None, :]
+  return jnp.where(differ, MASK_LOGIT, 0.0).astype(jnp.float32)[:, None]
 
 
 def trunc_normal(std: float, bound: float = 2.0):
