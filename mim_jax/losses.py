@@ -22,6 +22,19 @@ def masked_mse(pred, target, mask):
   return jnp.sum(per_patch * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
+def probability_weighted_mse(pred, target, mask, probs):
+  """MLO-MAE's pre-training loss: sum_j m_j p_j l_j / sum_j m_j over all rows and patches, with
+  l_j the per-patch mean squared error, m_j the mask (1 = masked) and p_j the masking network's
+  probability for patch j. The gradient reaches ``probs`` (and through it the masking network);
+  the mask is a constant. The denominator counts masked patches, not their probabilities.
+
+  pred, target: [B, L, D]; mask, probs: [B, L].
+  """
+  per_patch = jnp.mean(jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)), -1)
+  weighted = per_patch * probs.astype(jnp.float32) * mask
+  return jnp.sum(weighted) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
 def masked_l1(pred, target, mask, channels: int, eps: float = 1e-5):
   """SimMIM's loss: L1 over the pixels of masked patches, divided by (masked pixels + eps) and
   by the channels: sum(|pred - x| * mask) / (sum(mask) + eps) / C with the mask at pixel level.

@@ -36,6 +36,31 @@ def random_masking(key, batch_size: int, num_patches: int, mask_ratio: float):
   return ids_keep, ids_restore, mask
 
 
+def topk_masking(probs, mask_ratio: float):
+  """MLO-MAE's deterministic mask: in each row of ``probs`` [B, L] the patches with the highest
+  probability are masked, the rest kept. No randomness, no gradient (``probs`` goes through
+  ``stop_gradient`` before the sort; the probabilities reach the loss through
+  ``losses.probability_weighted_mse`` instead).
+
+  Counts follow ``random_masking``: ``K = num_kept(L, ratio) = int(L * (1 - ratio))`` patches
+  are kept and ``L - K`` masked (``int(L * ratio)`` whenever ``L * ratio`` is an integer, e.g.
+  192 of 256 or 147 of 196 at 0.75). Ties are broken by index: the patches are ordered by a
+  stable ascending sort of ``p``, so among equal probabilities the lower index is kept first and
+  the higher index masked first.
+
+  Returns (ids_keep int32 [B, K], ids_restore int32 [B, L], mask float32 [B, L]) with the
+  conventions of ``random_masking``: ``ids_keep`` in ascending order of ``p``, ``ids_restore``
+  the inverse of the shuffle ``[kept..., masked...]``, mask 1 on masked patches.
+  """
+  num_patches = probs.shape[1]
+  kept = num_kept(num_patches, mask_ratio)
+  scores = jax.lax.stop_gradient(probs)
+  ids_shuffle = jnp.argsort(scores, axis=1, stable=True).astype(jnp.int32)
+  ids_restore = jnp.argsort(ids_shuffle, axis=1).astype(jnp.int32)
+  mask = (ids_restore >= kept).astype(jnp.float32)
+  return ids_shuffle[:, :kept], ids_restore, mask
+
+
 def num_masked_cells(num_cells: int, mask_ratio: float) -> int:
   """SimMIM's count: ``ceil(cells * ratio)`` (49 cells at 0.6: 30)."""
   masked = math.ceil(num_cells * mask_ratio)

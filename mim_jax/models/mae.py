@@ -38,6 +38,9 @@ class ViTEncoder(nn.Module):
   come from the partner example (``mixing.mix`` with ``groups``) and every attention logit
   between tokens of different images gets ``vit.MASK_LOGIT``; [CLS] belongs to the example's own
   image (mask value 0).
+  With ``return_embeddings=True`` (or through ``embed``) it stops after the position embedding
+  and returns the per-patch tokens [B, L, width] that the blocks would start from, before any
+  ``ids_keep`` selection and before [CLS] is prepended (MLO-MAE's masking network reads them).
   """
   width: int
   depth: int
@@ -67,7 +70,7 @@ class ViTEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, patches, ids_keep=None, deterministic: bool = True, mask=None,
-               mix_mask=None, groups: int = 1):
+               mix_mask=None, groups: int = 1, return_embeddings: bool = False):
     if self.rel_pos not in ("none", "shared", "per_block"):
       raise ValueError(f"rel_pos must be 'none', 'shared' or 'per_block', got {self.rel_pos!r}")
     x = PatchEmbed(self.width, self.options.init, dtype=self.dtype, name="patch_embed")(patches)
@@ -83,6 +86,8 @@ class ViTEncoder(nn.Module):
     pos = None if table is None else jnp.asarray(table, x.dtype)
     if pos is not None:
       x = x + pos[:, 1:]
+    if return_embeddings:
+      return x
     if ids_keep is not None:
       x = _gather_tokens(x, ids_keep)
     cls_init = token_init if self.options.init == "mae" else trunc_normal(0.02)
@@ -106,6 +111,12 @@ class ViTEncoder(nn.Module):
     return Transformer(self.depth, self.heads, self.mlp_ratio, self.drop_path_rate,
                        self.final_norm, options, dtype=self.dtype, name="transformer")(
                            x, deterministic, bias, token_ids)
+
+  def embed(self, patches):
+    """Patch embeddings plus position embeddings [B, L, width] of all patches (no [CLS], no
+    masking), differentiable w.r.t. the patch embedding (and a learnable table). Call it as
+    ``encoder.apply(variables, patches, method=ViTEncoder.embed)``."""
+    return self(patches, return_embeddings=True)
 
 
 class MAEDecoder(nn.Module):
