@@ -149,17 +149,21 @@ def test_each_prediction_uses_only_the_other_half_of_its_own_image(encoder, tiny
 
 
 def test_plain_vit_isolation_needs_the_attention_bias(monkeypatch):
+  """Exact in bfloat16 compute too: the -1e30 bias meets float32 logits."""
   method = mixmim("vit", "tiny_test/4", 16, mask_groups=1)
   params = jax.jit(method.init)(jax.random.key(0))
   x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
   y = x.at[3].add(1.0)                        # image 0's partner
   rng = jax.random.key(2)
 
-  def leak():
-    a = method.predict(params, x, rng, 1)[0][0]
-    b = method.predict(params, y, rng, 1)[0][0]
-    return float(jnp.abs(a - b).max())
+  def leak(method=method):
+    predict = jax.jit(lambda images: method.predict(params, images, rng, 1)[0][0])
+    return float(jnp.abs(predict(x) - predict(y)).max())
   assert leak() < 1e-5
+  half = mixmim("vit", "tiny_test/4", 16, mask_groups=1)
+  half.config.compute_dtype = "bfloat16"
+  half = methods.get("mixmim")(half.config, 3)
+  assert half.dtype == jnp.bfloat16 and leak(half) == 0.0
   monkeypatch.setattr(mae_model, "isolation_bias", lambda groups: jnp.zeros(
       (groups.shape[0], 1, groups.shape[1], groups.shape[1])))
   assert leak() > 1e-3
