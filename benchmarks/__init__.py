@@ -1,7 +1,8 @@
 """Training-step benchmarks of mim_jax (``python -m benchmarks.mae_step``), see README.md.
 
 This module holds what both sides of a comparison share and that needs neither JAX nor torch:
-the named workloads, their analytic parameter and FLOP counts, and the install hint.
+the named workloads (MAE on a plain ViT, MixMIM on the hierarchical encoder), their analytic
+parameter and FLOP counts, and the install hint.
 """
 
 import dataclasses
@@ -12,12 +13,19 @@ INSTALL_HINT = ("the PyTorch peer needs torch and transformers: "
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
-  """One MAE training step: image and patch size, encoder and decoder sizes, batch, mask."""
+  """One training step of a method: image and patch size, encoder and decoder sizes, batch, mask.
+
+  ``method`` "mae": a plain ViT encoder (``variant`` "NAME/PATCH"; width / depth / heads).
+  ``method`` "mixmim": the hierarchical encoder (``variant`` a size of
+  ``mim_jax.models.hierarchical.HIER_SIZES``): ``width`` is the first stage's width (doubled at
+  every stage), ``stage_depths`` / ``stage_heads`` / ``window_sizes`` one entry per stage,
+  ``depth`` / ``heads`` their sum / first entry (for the table only).
+  """
   name: str
   image_size: int
   patch_size: int
-  variant: str          # mim_jax's config.model.variant ("NAME/PATCH")
-  width: int            # encoder
+  variant: str          # mim_jax's config.model.variant (mae: "NAME/PATCH"; mixmim: "NAME")
+  width: int            # encoder (mixmim: the first stage's)
   depth: int
   heads: int
   decoder_width: int
@@ -27,9 +35,25 @@ class Workload:
   mask_ratio: float = 0.75
   channels: int = 3
   mlp_ratio: float = 4.0
+  method: str = "mae"   # mim_jax's methods.get name: mae | mixmim
+  stage_depths: tuple = ()   # mixmim (hierarchical encoder) only
+  stage_heads: tuple = ()
+  window_sizes: tuple = ()
+
+  def __post_init__(self):
+    if self.method not in ("mae", "mixmim"):
+      raise ValueError(f"workload {self.name}: method must be 'mae' or 'mixmim'")
+    if self.method == "mixmim":
+      if not len(self.stage_depths) == len(self.stage_heads) == len(self.window_sizes) > 0:
+        raise ValueError(f"workload {self.name}: stage_depths, stage_heads and window_sizes "
+                         f"need one entry per stage")
+      if (self.depth, self.heads) != (sum(self.stage_depths), self.stage_heads[0]):
+        raise ValueError(f"workload {self.name}: depth / heads must be sum(stage_depths) / "
+                         f"stage_heads[0]")
 
   @property
   def num_patches(self) -> int:
+    """Tokens of the (first) patch grid."""
     return (self.image_size // self.patch_size) ** 2
 
   @property
@@ -38,8 +62,30 @@ class Workload:
 
   @property
   def num_kept(self) -> int:
-    """Patches the encoder sees: int(L * (1 - ratio)), as MAE, mim_jax and HF compute it."""
+    """Patches the encoder sees: int(L * (1 - ratio)), as MAE, mim_jax and HF compute it;
+    MixMIM's encoder sees all of them (mixed)."""
+    if self.method == "mixmim":
+      return self.num_patches
     return int(self.num_patches * (1 - self.mask_ratio))
+
+  # MixMIM's geometry (hierarchical encoder): stages, mask cells, pixels per cell.
+  @property
+  def stride(self) -> int:
+    """Pixels per side of a last-stage token, i.e. of a mask cell (mae: the patch)."""
+    return self.patch_size * 2 ** max(len(self.stage_depths) - 1, 0)
+
+  @property
+  def num_cells(self) -> int:
+    return (self.image_size // self.stride) ** 2
+
+  def stages(self) -> list:
+    """(tokens, width, heads, depth, clamped window) of every stage of a mixmim encoder."""
+    out = []
+    for i, (depth, heads, window) in enumerate(
+        zip(self.stage_depths, self.stage_heads, self.window_sizes)):
+      side = self.image_size // self.patch_size // 2 ** i
+      out.append((side * side, self.width * 2 ** i, heads, depth, min(window, side)))
+    return out
 
 
 WORKLOADS = {
@@ -52,11 +98,27 @@ WORKLOADS = {
     "base224": Workload("base224", image_size=224, patch_size=16, variant="B/16",
                         width=768, depth=12, heads=12,
                         decoder_width=512, decoder_depth=8, decoder_heads=16, batch_size=8),
+    # MixMIM-B (mixmim.md): 4x4 patches, stages 2/2/18/2 blocks, widths 128..1024, heads
+    # 4..32, windows 14/14/14/7 (no shift), mask ratio 0.5 on the 7x7 cells, MixMIM's
+    # 512-wide, 8-block, 16-head decoder. Batch 8 on a CPU like base224.
+    "mixmim_b224": Workload("mixmim_b224", image_size=224, patch_size=4, variant="B",
+                            width=128, depth=24, heads=4,
+                            decoder_width=512, decoder_depth=8, decoder_heads=16, batch_size=8,
+                            mask_ratio=0.5, method="mixmim", stage_depths=(2, 2, 18, 2),
+                            stage_heads=(4, 8, 16, 32), window_sizes=(14, 14, 14, 7)),
+    # The hierarchical "tiny_test" size at 64 px (B's window layout at 224: 16 / 4 / 1 / 1
+    # windows per stage; 2x2 cells of 32 px) with a small decoder: for the tests.
+    "mixmim_tiny64": Workload("mixmim_tiny64", image_size=64, patch_size=4, variant="tiny_test",
+                              width=16, depth=4, heads=1,
+                              decoder_width=32, decoder_depth=1, decoder_heads=2, batch_size=8,
+                              mask_ratio=0.5, method="mixmim", stage_depths=(1, 1, 1, 1),
+                              stage_heads=(1, 2, 2, 4), window_sizes=(4, 4, 4, 2)),
 }
 
 
 def select(names):
-  """Workload names from --workload (repeatable; 'all' = every one), in table order."""
+  """Workload names from --workload (repeatable; 'all' = every one in table order), in the
+  order given, without repeats."""
   names = list(names or ["tiny32"])
   if "all" in names:
     return list(WORKLOADS)
@@ -74,11 +136,39 @@ def _block_params(d: int, mlp_ratio: float) -> int:
 
 
 def param_count(w: Workload) -> int:
-  """Trainable parameters of the MAE (mim_jax's count; the sin-cos tables are not parameters)."""
+  """Trainable parameters of the model (mim_jax's count; the sin-cos tables are not
+  parameters)."""
+  if w.method == "mixmim":
+    return mixmim_param_count(w)
   d, dd, p = w.width, w.decoder_width, w.patch_dim
   encoder = (p * d + d) + d + w.depth * _block_params(d, w.mlp_ratio) + 2 * d
   decoder = ((d * dd + dd) + dd + w.decoder_depth * _block_params(dd, w.mlp_ratio) + 2 * dd
              + (dd * p + p))
+  return encoder + decoder
+
+
+def mixmim_param_count(w: Workload) -> int:
+  """MixMIM with the hierarchical encoder, written out:
+    patch embedding (P d + d) and its LayerNorm (2d);
+    every block at width c: a pre-norm block (``_block_params``) plus its relative position
+      bias table, (2 window - 1)^2 x heads;
+    patch merging after every stage but the last: LayerNorm(4c) (8c), Dense 4c -> 2c without
+      bias (8c^2); the final LayerNorm (2 c_last);
+    decoder: embedding c_last -> dd (+ bias), [MASK] (dd), blocks, LayerNorm (2 dd), prediction
+      dd -> stride^2 C (+ bias).
+  """
+  stages = w.stages()
+  p, dd = w.patch_dim, w.decoder_width
+  encoder = (p * w.width + w.width) + 2 * w.width
+  for i, (_, c, heads, depth, window) in enumerate(stages):
+    encoder += depth * (_block_params(c, w.mlp_ratio) + (2 * window - 1) ** 2 * heads)
+    if i < len(stages) - 1:
+      encoder += 8 * c + 8 * c * c
+  last = stages[-1][1]
+  encoder += 2 * last
+  cell = w.stride ** 2 * w.channels
+  decoder = ((last * dd + dd) + dd + w.decoder_depth * _block_params(dd, w.mlp_ratio) + 2 * dd
+             + (dd * cell + cell))
   return encoder + decoder
 
 
@@ -103,6 +193,8 @@ def analytic_flops(w: Workload, batch_size: int) -> float:
   embedding, whose input (the image) needs no gradient. The optimizer update, LayerNorms,
   GELU and softmax are elementwise and left out.
   """
+  if w.method == "mixmim":
+    return mixmim_analytic_flops(w, batch_size)
   d, dd, P, r = w.width, w.decoder_width, w.patch_dim, w.mlp_ratio
   L, te, td = w.num_patches, 1 + w.num_kept, 1 + w.num_patches
   patch_embed = 2 * L * P * d
@@ -111,6 +203,47 @@ def analytic_flops(w: Workload, batch_size: int) -> float:
              + w.decoder_depth * (2 * (4 + 2 * r) * dd * dd * td + 4 * td * td * dd)
              + 2 * td * dd * P)
   forward = patch_embed + encoder + decoder
+  return float(batch_size * (3 * forward - patch_embed))
+
+
+def mixmim_encoder_flops(w: Workload) -> float:
+  """Matmul FLOPs of MixMIM's hierarchical encoder over one image (forward):
+    patch embedding of all N0 patches                       2 N0 P C
+    each block of a stage (n tokens, width c, window t = w^2 tokens):
+        qkv + proj + fc1 + fc2                              2 (4 + 2r) c^2 n
+        q k^T and attention x v, n / t windows of t tokens  4 n t c
+    patch merging after the stage (n / 4 tokens, 4c -> 2c)  2 (n / 4) (4c) (2c) = 4 n c^2
+  """
+  r = w.mlp_ratio
+  flops = 2 * w.num_patches * w.patch_dim * w.width
+  stages = w.stages()
+  for i, (n, c, _, depth, window) in enumerate(stages):
+    flops += depth * (2 * (4 + 2 * r) * c * c * n + 4 * n * window * window * c)
+    if i < len(stages) - 1:
+      flops += 4 * n * c * c
+  return float(flops)
+
+
+def mixmim_analytic_flops(w: Workload, batch_size: int) -> float:
+  """Matmul FLOPs of one MixMIM training step (2 FLOPs per multiply-add), written out.
+
+  Forward, per image: the encoder over all tokens (``mixmim_encoder_flops``), then the decoder
+  on N cells (c_last = the last stage's width, Pc = stride^2 C pixels per cell):
+    decoder embedding (one copy)                            2 N c_last dd
+    two copies, each: dd-wide blocks                        depth (2 (4 + 2r) dd^2 N + 4 N^2 dd)
+                      prediction head                       2 N dd Pc
+  Backward costs two forwards, except the patch embedding (its input, the image, needs no
+  gradient). Masked-attention biases, relative-position gathers, mixing, LayerNorms, GELU,
+  softmax and the optimizer are elementwise and left out.
+  """
+  r, dd, n = w.mlp_ratio, w.decoder_width, w.num_cells
+  last = w.stages()[-1][1]
+  cell = w.stride ** 2 * w.channels
+  patch_embed = 2 * w.num_patches * w.patch_dim * w.width
+  decoder = (2 * n * last * dd
+             + 2 * (w.decoder_depth * (2 * (4 + 2 * r) * dd * dd * n + 4 * n * n * dd)
+                    + 2 * n * dd * cell))
+  forward = mixmim_encoder_flops(w) + decoder
   return float(batch_size * (3 * forward - patch_embed))
 
 

@@ -1,20 +1,25 @@
-"""Times mim_jax's MAE training step on named workloads; prints one JSON line per workload.
+"""Times mim_jax's training step (MAE, MixMIM) on named workloads; prints one JSON line each.
 
   python -m benchmarks.mae_step --workload tiny32 [--workload base224 | --workload all]
       [--dtype float32|bfloat16] [--steps N] [--warmup N] [--batch_size B]
       [--peak_flops F] [--peer torch [--torch_compile] [--rounds R]]
-      [--masking random|amt|both]
+      [--masking random|amt|both] [--compare [--rounds R]]
 
-The step is the project's own: ``train.make_train_step`` over ``methods.get("mae")``, AdamW from
-``optim.make_optimizer``, jitted by ``train.jit_train_step`` on ``train.make_mesh()``, fed a
-random [B, H, W, 3] float32 batch sharded over the mesh's "data" axis. Compilation is done
-before timing; each timed step ends with ``jax.block_until_ready``; ``step_s`` is the median.
-FLOPs come from XLA's cost analysis of the compiled step. With ``--peer torch`` the PyTorch
-peer (``benchmarks.torch_peer``, in its own process) is timed in alternating rounds, and a
-third line gives ``jax_over_torch`` = JAX images/s over torch images/s. ``--masking amt`` times
-the AMT step instead (amt.md: r 0.45 / t 0.40, the weights drawn from a random attention cache);
+The step is the project's own: ``train.make_train_step`` over ``methods.get(workload.method)``
+("mae", or "mixmim" for the ``mixmim_*`` workloads), AdamW from ``optim.make_optimizer``,
+jitted by ``train.jit_train_step`` on ``train.make_mesh()``, fed a random [B, H, W, 3] float32
+batch sharded over the mesh's "data" axis. Compilation is done before timing; each timed step
+ends with ``jax.block_until_ready``; ``step_s`` is the median. FLOPs come from XLA's cost
+analysis of the compiled step. With ``--peer torch`` the PyTorch peer (``benchmarks.torch_peer``,
+in its own process; MAE workloads only) is timed in alternating rounds, and a third line gives
+``jax_over_torch`` = JAX images/s over torch images/s. ``--masking amt`` times the AMT step
+instead (amt.md: r 0.45 / t 0.40, the weights drawn from a random attention cache);
 ``--masking both`` times MAE and MAE + AMT in alternating rounds and adds a line with
-``amt_speedup`` (MAE step time over MAE + AMT step time) and ``amt_flops_ratio``. See README.md.
+``amt_speedup`` (MAE step time over MAE + AMT step time) and ``amt_flops_ratio``.
+``--compare`` times the listed workloads (default: base224 and mixmim_b224, i.e. MAE ViT-B/16
+and MixMIM-B) in alternating rounds, each in its own worker process (its own peak memory), and
+adds a line of ratios against the first MAE workload, e.g. ``mixmim_over_mae_images_per_sec``.
+See README.md.
 """
 
 import argparse
@@ -32,34 +37,46 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from benchmarks import (INSTALL_HINT, WORKLOADS, Workload, peak_flops, peak_rss,
                         reset_peak_rss, select)
+from benchmarks.torch_peer import serve
 from mim_jax import config as config_lib
 from mim_jax import data, methods, optim, train
+from mim_jax.models.hierarchical import parse_hier_variant
 from mim_jax.models.vit import parse_variant
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPARE_DEFAULT = ["base224", "mixmim_b224"]   # --compare without --workload
 
 
 # ---------------------------------------------------------------------------------------------
 # The JAX side.
 # ---------------------------------------------------------------------------------------------
 def make_config(w: Workload, dtype: str = "float32", batch_size: int = 0, masking="random"):
-  """mim_jax's config of the workload, from ``base_config("mae")`` like a real run."""
-  c = config_lib.base_config("mae")
-  c.model.masking = masking          # amt: config.amt's defaults, the MAE + AMT recipe's ratios
+  """mim_jax's config of the workload, from ``base_config(w.method)`` like a real run."""
+  if w.method == "mixmim":
+    if masking != "random":
+      raise ValueError(f"workload {w.name}: masking {masking!r} is MAE's (AMT); MixMIM draws "
+                       f"its own mixing mask")
+    c = config_lib.base_config("mixmim")
+  else:
+    c = config_lib.base_config("mae")
+    c.model.masking = masking        # amt: config.amt's defaults, the MAE + AMT recipe's ratios
   c.image_size = w.image_size
   c.batch_size = batch_size or w.batch_size
   c.compute_dtype = dtype
   c.total_steps = 100_000          # only shapes the lr schedule, which costs the same anyway
   m = c.model
   m.variant = w.variant
-  size, patch = parse_variant(w.variant)
-  if patch != w.patch_size:
-    raise ValueError(f"workload {w.name}: variant {w.variant} has patch {patch}, "
-                     f"not {w.patch_size}")
-  # Explicit overrides only where the variant differs, as a config file would write them.
-  m.width = 0 if w.width == size.dim else w.width
-  m.depth = 0 if w.depth == size.depth else w.depth
-  m.heads = 0 if w.heads == size.heads else w.heads
+  if w.method == "mixmim":
+    _hierarchical_encoder(m, w)
+  else:
+    size, patch = parse_variant(w.variant)
+    if patch != w.patch_size:
+      raise ValueError(f"workload {w.name}: variant {w.variant} has patch {patch}, "
+                       f"not {w.patch_size}")
+    # Explicit overrides only where the variant differs, as a config file would write them.
+    m.width = 0 if w.width == size.dim else w.width
+    m.depth = 0 if w.depth == size.depth else w.depth
+    m.heads = 0 if w.heads == size.heads else w.heads
   m.mlp_ratio = w.mlp_ratio
   m.decoder_width, m.decoder_depth, m.decoder_heads = (
       w.decoder_width, w.decoder_depth, w.decoder_heads)
@@ -67,6 +84,19 @@ def make_config(w: Workload, dtype: str = "float32", batch_size: int = 0, maskin
   m.norm_pix_loss = True
   config_lib.validate(c)
   return c
+
+
+def _hierarchical_encoder(m, w: Workload):
+  """MixMIM's encoder keys: 'hierarchical', the size, overrides only where the size differs;
+  one mask (and pairing group) per device (``mask_groups`` 0), as the official code."""
+  size = parse_hier_variant(w.variant)
+  m.encoder = "hierarchical"
+  m.width = 0 if w.width == size.embed_dim else w.width
+  m.patch_size = 0 if w.patch_size == size.patch_size else w.patch_size
+  m.stage_depths = () if tuple(w.stage_depths) == size.depths else tuple(w.stage_depths)
+  m.stage_heads = () if tuple(w.stage_heads) == size.heads else tuple(w.stage_heads)
+  m.window_sizes = () if tuple(w.window_sizes) == size.window_sizes else tuple(w.window_sizes)
+  m.mask_groups = 0
 
 
 def cost_flops(compiled) -> float:
@@ -81,7 +111,12 @@ def cost_flops(compiled) -> float:
 
 
 class JaxStep:
-  """The compiled train step of a workload, its state and a fixed random batch."""
+  """The compiled train step of a workload, its state and a fixed random batch.
+
+  Also a *runner* (what ``bench_compare`` drives, in this process or behind
+  ``JaxWorkerProcess``): ``ready()`` describes it, ``run(n)`` times n steps, ``info()`` gives
+  its peak memory and last loss, ``close()``.
+  """
 
   def __init__(self, w: Workload, dtype="float32", batch_size=0, devices=None, seed=0,
                masking="random"):
@@ -93,9 +128,11 @@ class JaxStep:
     if self.batch_size % self.devices:
       raise ValueError(f"batch_size {self.batch_size} does not divide over "
                        f"{self.devices} devices")
+    if w.method == "mixmim" and not config.model.mask_groups:
+      config.model.mask_groups = self.devices   # one mask per device of this step's mesh
     # AMT's cache gets one map per image of the batch (ids 0..B-1), in its 'amt' stage.
     info = data.DatasetInfo(1000, w.channels, 1_281_167, base_split_size=self.batch_size)
-    method = methods.get("mae")(config, channels=w.channels, data_info=info)
+    method = methods.get(w.method)(config, channels=w.channels, data_info=info)
     stage = "amt" if masking == "amt" else None
     schedule, _ = train.schedule_for(config, num_examples=1_281_167)
     tx = optim.make_optimizer(config.optimizer, schedule)
@@ -148,6 +185,23 @@ class JaxStep:
   def loss(self):
     return None if self.metrics is None else float(jax.device_get(self.metrics["loss"]))
 
+  def ready(self) -> dict:
+    """What the step is (JSON-able): the fields of its row that do not come from timing."""
+    dev = self.mesh.devices.flat[0]
+    return {"ready": True, "workload": self.workload.name, "method": self.workload.method,
+            "batch_size": self.batch_size, "devices": self.devices,
+            "device_kind": dev.device_kind, "platform": dev.platform,
+            "flops_per_step": self.flops, "flops_per_device": self.flops_per_device,
+            "params": self.params, "compile_s": self.compile_s, "jax": jax.__version__}
+
+  def info(self) -> dict:
+    """After the timed steps: peak memory and the last loss."""
+    peak_bytes, source = self.peak_bytes()
+    return {"peak_bytes": peak_bytes, "peak_bytes_source": source, "loss": self.loss()}
+
+  def close(self):
+    pass
+
 
 # ---------------------------------------------------------------------------------------------
 # The torch peer, in its own process (benchmarks/torch_peer.py --serve).
@@ -160,34 +214,33 @@ def require_peer(name: str):
     raise SystemExit(f"error: --peer torch: {', '.join(missing)} not installed; {INSTALL_HINT}")
 
 
-class TorchPeerProcess:
-  """Starts the peer, then sends it JSON commands and reads one JSON answer per command."""
+class PipeProcess:
+  """A child process driven over a pipe: JSON commands in, one JSON answer per command out
+  (``torch_peer.serve``'s protocol); its first line says it is ready."""
+  label = "child process"
 
-  def __init__(self, w: Workload, dtype: str, batch_size: int, torch_compile: bool):
-    cmd = [sys.executable, "-m", "benchmarks.torch_peer", "--serve", "--workload", w.name,
-           "--dtype", dtype, "--batch_size", str(batch_size)]
-    if torch_compile:
-      cmd.append("--torch_compile")
+  def __init__(self, cmd, env_updates=None):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
+    env.update(env_updates or {})
     self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                  cwd=REPO_ROOT, env=env)  # its stderr goes to ours
-    self.ready = None
+    self.ready_msg = None
 
   def _read(self):
     line = self.proc.stdout.readline()
     if not line:
       code = self.proc.wait()
-      raise RuntimeError(f"the torch peer exited (code {code}); its error is above")
+      raise RuntimeError(f"the {self.label} exited (code {code}); its error is above")
     msg = json.loads(line)
     if "error" in msg:
-      raise RuntimeError(f"torch peer: {msg['error']}")
+      raise RuntimeError(f"{self.label}: {msg['error']}")
     return msg
 
   def wait_ready(self):
-    if self.ready is None:
-      self.ready = self._read()
-    return self.ready
+    if self.ready_msg is None:
+      self.ready_msg = self._read()
+    return self.ready_msg
 
   def request(self, **cmd):
     self.wait_ready()
@@ -211,6 +264,56 @@ class TorchPeerProcess:
         self.proc.wait()
 
 
+class TorchPeerProcess(PipeProcess):
+  """Starts the torch peer (``benchmarks.torch_peer --serve``)."""
+  label = "torch peer"
+
+  def __init__(self, w: Workload, dtype: str, batch_size: int, torch_compile: bool):
+    cmd = [sys.executable, "-m", "benchmarks.torch_peer", "--serve", "--workload", w.name,
+           "--dtype", dtype, "--batch_size", str(batch_size)]
+    if torch_compile:
+      cmd.append("--torch_compile")
+    super().__init__(cmd)
+
+
+class JaxWorkerProcess(PipeProcess):
+  """One workload's ``JaxStep`` in its own process (``benchmarks.mae_step --serve``), for
+  ``--compare``: each workload keeps its own peak memory (host RSS, or the accelerator
+  allocator's peak) and compiles alone. The same runner interface as ``JaxStep``."""
+  label = "jax worker"
+
+  def __init__(self, w: Workload, dtype: str, batch_size: int, mem_fraction: str = ""):
+    cmd = [sys.executable, "-m", "benchmarks.mae_step", "--serve", "--workload", w.name,
+           "--dtype", dtype, "--batch_size", str(batch_size)]
+    env = {}
+    if mem_fraction and "XLA_PYTHON_CLIENT_MEM_FRACTION" not in os.environ:
+      env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = mem_fraction   # workers share an accelerator
+    super().__init__(cmd, env)
+    self.label = f"jax worker ({w.name})"
+
+  def ready(self) -> dict:
+    return self.wait_ready()
+
+  def info(self) -> dict:
+    return self.request(cmd="info")
+
+
+def serve_workload(w: Workload, args, inp=None, out=None):
+  """The worker side of ``JaxWorkerProcess``: builds and compiles the step, then answers
+  ``torch_peer.serve``'s commands on ``out`` (default: the real stdout, with library prints
+  moved to stderr)."""
+  inp = inp or sys.stdin
+  if out is None:
+    out, sys.stdout = sys.stdout, sys.stderr   # keep library prints off the protocol stream
+  try:
+    jx = JaxStep(w, args.dtype, args.batch_size)
+  except Exception as e:
+    out.write(json.dumps({"error": f"{type(e).__name__}: {e}"}) + "\n")
+    out.flush()
+    raise SystemExit(1)
+  serve(jx, inp, out, ready=jx.ready())
+
+
 # ---------------------------------------------------------------------------------------------
 # One workload: build, warm up, alternate timed rounds, report.
 # ---------------------------------------------------------------------------------------------
@@ -227,11 +330,34 @@ def summarize(times, batch_size, flops, peak):
           "step_s_min": min(times), "step_s_max": max(times)}
 
 
+def jax_row(desc: dict, info: dict, times, args, peak, peak_source, load_1m) -> dict:
+  """The mim_jax line of a workload from its runner's ``ready()`` and ``info()`` and its
+  timed steps. mfu is per device: its share of the FLOPs over its peak."""
+  row = {"workload": desc["workload"], "method": desc["method"], "dtype": args.dtype,
+         "batch_size": desc["batch_size"], "steps": args.steps, "warmup": args.warmup,
+         "load_avg_1m_at_start": load_1m, "impl": "mim_jax",
+         **summarize(times, desc["batch_size"], desc["flops_per_step"], peak)}
+  row.update(
+      mfu=desc["flops_per_device"] / row["step_s"] / peak if peak else None,
+      flops_per_step=desc["flops_per_step"], flops_source="xla cost_analysis of the compiled step",
+      peak_flops=peak, peak_source=peak_source, peak_bytes=info["peak_bytes"],
+      peak_bytes_source=info["peak_bytes_source"], devices=desc["devices"],
+      device_kind=desc["device_kind"], compile_s=desc["compile_s"], params=desc["params"],
+      loss=info["loss"], jax=desc["jax"])
+  return row
+
+
+def load_average():
+  return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
 def bench_workload(w: Workload, args):
   """The JSON rows of one workload: mim_jax, and with --peer torch, torch and the ratio."""
-  load_1m = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+  load_1m = load_average()
   peer = None
   if args.peer:
+    if w.method != "mae":
+      raise SystemExit(peer_method_error([w.name]))
     peer = TorchPeerProcess(w, args.dtype, args.batch_size or w.batch_size, args.torch_compile)
   try:
     jx = JaxStep(w, args.dtype, args.batch_size, masking=args.masking)
@@ -254,18 +380,12 @@ def bench_workload(w: Workload, args):
       if peer:
         torch_times += peer.run(n)
 
-    common = {"workload": w.name, "dtype": args.dtype, "batch_size": jx.batch_size,
-              "steps": args.steps, "warmup": args.warmup, "load_avg_1m_at_start": load_1m}
-    peak_bytes, peak_bytes_source = jx.peak_bytes()
-    jax_row = dict(common, impl="mim_jax", **summarize(jax_times, jx.batch_size, jx.flops, peak))
-    jax_row.update(  # per device: its share of the FLOPs over its peak
-        mfu=jx.flops_per_device / jax_row["step_s"] / peak if peak else None,
-        flops_per_step=jx.flops, flops_source="xla cost_analysis of the compiled step",
-        peak_flops=peak, peak_source=peak_source, peak_bytes=peak_bytes,
-        peak_bytes_source=peak_bytes_source, devices=jx.devices, device_kind=dev.device_kind,
-        compile_s=jx.compile_s, params=jx.params, loss=jx.loss(), jax=jax.__version__)
-    rows = [jax_row]
+    jax_line = jax_row(jx.ready(), jx.info(), jax_times, args, peak, peak_source, load_1m)
+    rows = [jax_line]
     if peer:
+      common = {"workload": w.name, "method": w.method, "dtype": args.dtype,
+                "batch_size": jx.batch_size, "steps": args.steps, "warmup": args.warmup,
+                "load_avg_1m_at_start": load_1m}
       info = peer.request(cmd="info")
       from benchmarks.torch_peer import params_match
       match = params_match(info["params"], jx.params, w)
@@ -282,7 +402,7 @@ def bench_workload(w: Workload, args):
       torch_row.update(info)
       rows.append(torch_row)
       rows.append({"workload": w.name, "dtype": args.dtype,
-                   "jax_over_torch": torch_row["step_s"] / jax_row["step_s"]})
+                   "jax_over_torch": torch_row["step_s"] / jax_line["step_s"]})
     return rows
   finally:
     if peer:
@@ -291,7 +411,7 @@ def bench_workload(w: Workload, args):
 
 def bench_amt(w: Workload, args):
   """MAE and MAE + AMT on the same workload and batch, in alternating rounds."""
-  load_1m = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+  load_1m = load_average()
   steps = {m: JaxStep(w, args.dtype, args.batch_size, masking=m) for m in ("random", "amt")}
   dev = steps["random"].mesh.devices.flat[0]
   peak, _ = peak_flops(dev.device_kind, dev.platform, args.dtype, args.peak_flops)
@@ -303,8 +423,9 @@ def bench_amt(w: Workload, args):
       times[m] += steps[m].run(n)
   rows = []
   for m, jx in steps.items():
-    row = {"workload": w.name, "impl": "mim_jax", "masking": m, "dtype": args.dtype,
-           "batch_size": jx.batch_size, "steps": args.steps, "load_avg_1m_at_start": load_1m,
+    row = {"workload": w.name, "method": w.method, "impl": "mim_jax", "masking": m,
+           "dtype": args.dtype, "batch_size": jx.batch_size, "steps": args.steps,
+           "load_avg_1m_at_start": load_1m,
            "device_kind": dev.device_kind, "devices": jx.devices,
            **summarize(times[m], jx.batch_size, jx.flops, peak)}
     row.update(mfu=jx.flops_per_device / row["step_s"] / peak if peak else None,
@@ -317,10 +438,79 @@ def bench_amt(w: Workload, args):
   return rows
 
 
+def compare_ratios(rows) -> list:
+  """One line per workload B other than the reference A (the first MAE workload, else the
+  first): B's images/s, step time (median and fastest), FLOPs per image, mfu, parameters and
+  peak memory over A's,
+  keyed ``<b>_over_<a>_...`` with b / a the methods (``mixmim_over_mae_...``), or the workload
+  names when both run one method."""
+  ref = next((r for r in rows if r["method"] == "mae"), rows[0])
+  out = []
+  for row in rows:
+    if row is ref:
+      continue
+    same = row["method"] == ref["method"]
+    key = (f"{row['workload']}_over_{ref['workload']}" if same
+           else f"{row['method']}_over_{ref['method']}")
+    per_image = lambda r: r["flops_per_step"] / r["batch_size"]
+    ratio = lambda a, b: a / b if a is not None and b else None
+    out.append({
+        "workload": row["workload"], "reference": ref["workload"], "dtype": row["dtype"],
+        f"{key}_images_per_sec": row["images_per_sec"] / ref["images_per_sec"],
+        f"{key}_step_s": row["step_s"] / ref["step_s"],
+        f"{key}_step_s_min": row["step_s_min"] / ref["step_s_min"],
+        f"{key}_flops": per_image(row) / per_image(ref),
+        f"{key}_mfu": ratio(row["mfu"], ref["mfu"]),
+        f"{key}_params": row["params"] / ref["params"],
+        f"{key}_peak_bytes": ratio(row["peak_bytes"], ref["peak_bytes"])})
+  return out
+
+
+def bench_compare(ws, args, runner=None):
+  """Several workloads (e.g. MAE ViT-B/16 and MixMIM-B) in alternating rounds on one machine:
+  one mim_jax line each, then ``compare_ratios``. Each workload runs in its own worker process
+  (``runner``, default ``JaxWorkerProcess``), started and compiled one at a time; the rounds
+  alternate their order (A B, B A, A B, ...) so that a drifting load falls on all alike."""
+  runner = runner or JaxWorkerProcess
+  load_1m = load_average()
+  fraction = f"{0.9 / len(ws):.3f}"   # of accelerator memory per worker (unless set)
+  runners = []
+  try:
+    descs = []
+    for w in ws:
+      runners.append(runner(w, args.dtype, args.batch_size, fraction))
+      descs.append(runners[-1].ready())   # compiled before the next one starts
+    kinds = {(d["platform"], d["device_kind"]) for d in descs}
+    if len(kinds) > 1:
+      raise SystemExit(f"error: the workers run on different devices: {sorted(kinds)}")
+    platform, kind = kinds.pop()
+    peak, peak_source = peak_flops(kind, platform, args.dtype, args.peak_flops)
+    for r in runners:
+      r.run(args.warmup)
+    times = [[] for _ in runners]
+    for i, n in enumerate(split_steps(args.steps, args.rounds)):
+      order = range(len(runners)) if i % 2 == 0 else reversed(range(len(runners)))
+      for j in order:
+        times[j] += runners[j].run(n)
+    rows = [jax_row(d, r.info(), t, args, peak, peak_source, load_1m)
+            for d, r, t in zip(descs, runners, times)]
+    return rows + compare_ratios(rows)
+  finally:
+    for r in runners:
+      r.close()
+
+
+def peer_method_error(names) -> str:
+  return (f"error: --peer torch times MAE only (Hugging Face ViTMAE); {', '.join(names)} "
+          f"{'is' if len(names) == 1 else 'are'} not MAE. Time MixMIM without --peer, or next "
+          f"to MAE ViT-B/16 with --compare")
+
+
 def parse_args(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--workload", action="append",
-                  help=f"one of {sorted(WORKLOADS)} or 'all'; repeatable (default tiny32)")
+                  help=f"one of {sorted(WORKLOADS)} or 'all'; repeatable (default tiny32; "
+                       f"with --compare {' and '.join(COMPARE_DEFAULT)})")
   ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                   help="mim_jax's config.compute_dtype (parameters stay float32)")
   ap.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
@@ -329,31 +519,56 @@ def parse_args(argv=None):
   ap.add_argument("--peak_flops", type=float, default=0.0,
                   help="peak FLOP/s of one device for mfu; default: table or CPU estimate")
   ap.add_argument("--peer", choices=["torch"], default=None,
-                  help="also time the PyTorch peer (HF ViTMAEForPreTraining)")
+                  help="also time the PyTorch peer (HF ViTMAEForPreTraining; MAE workloads)")
   ap.add_argument("--rounds", type=int, default=0,
-                  help="with --peer: alternating jax/torch rounds (default min(steps, 3))")
+                  help="with --peer or --compare: alternating rounds (default min(steps, 3))")
   ap.add_argument("--torch_compile", action="store_true", help="with --peer: torch.compile")
   ap.add_argument("--masking", choices=["random", "amt", "both"], default="random",
                   help="MAE's random masking, AMT (amt.md), or both with their ratio")
+  ap.add_argument("--compare", action="store_true",
+                  help="time the workloads in alternating rounds, each in its own process, "
+                       "and add a line of ratios (default workloads: "
+                       f"{' and '.join(COMPARE_DEFAULT)}, MAE ViT-B/16 and MixMIM-B)")
+  ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # --compare's worker
   args = ap.parse_args(argv)
   if args.steps < 1 or args.warmup < 0:
     ap.error("--steps must be >= 1 and --warmup >= 0")
   args.rounds = args.rounds or min(args.steps, 3)
   try:
-    args.workloads = select(args.workload)
+    args.workloads = select(args.workload or (COMPARE_DEFAULT if args.compare else None))
   except ValueError as e:
     ap.error(str(e))
+  if args.compare:
+    if args.peer or args.masking != "random":
+      ap.error("--compare times mim_jax's steps only: leave out --peer and --masking")
+    if len(args.workloads) < 2:
+      ap.error("--compare needs at least two workloads")
+  not_mae = [n for n in args.workloads if WORKLOADS[n].method != "mae"]
+  if args.peer and not_mae:
+    ap.error(peer_method_error(not_mae)[len("error: "):])
+  if args.masking != "random" and not_mae:
+    ap.error(f"--masking {args.masking} is MAE's (AMT); not for {', '.join(not_mae)}")
+  if args.serve and len(args.workloads) != 1:
+    ap.error("--serve runs one workload")
   return args
 
 
 def main(argv=None):
   args = parse_args(argv)
+  if args.serve:
+    serve_workload(WORKLOADS[args.workloads[0]], args)
+    return
   if args.peer:
     require_peer(args.peer)
     # Both processes share an accelerator: keep JAX from taking 75% of its memory up front.
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")
   if args.peer and args.masking != "random":
     raise SystemExit("error: --peer compares MAE with random masking only")
+  if args.compare:
+    rows = bench_compare([WORKLOADS[n] for n in args.workloads], args)
+    for row in rows:
+      print(json.dumps(row), flush=True)
+    return
   for name in args.workloads:
     if args.masking == "both":
       rows = bench_amt(WORKLOADS[name], args)

@@ -1,6 +1,7 @@
 """The PyTorch peer of the MAE training step: Hugging Face ``ViTMAEForPreTraining``.
 
-Same sizes as mim_jax's workload (encoder and decoder width / depth / heads, MLP ratio 4,
+MAE workloads only (``Workload.method == "mae"``; MixMIM has no peer here). Same sizes as
+mim_jax's workload (encoder and decoder width / depth / heads, MLP ratio 4,
 patch and image size, 3 channels, mask ratio 0.75, norm_pix_loss, qkv bias, LayerNorm eps 1e-6,
 exact GELU), in train mode, with AdamW (betas 0.9 / 0.95, weight decay 0.05 on tensors of more
 than one dimension, as MAE). One step = forward + backward + optimizer.step + zero_grad.
@@ -48,6 +49,9 @@ class TorchMAE:
   """The HF model, its AdamW and a fixed random batch; ``run(n)`` times n full steps."""
 
   def __init__(self, w, batch_size=None, dtype="float32", device=None, compile=False, seed=0):
+    if w.method != "mae":
+      raise ValueError(f"the torch peer is HF's ViTMAE: workload {w.name} is {w.method}, "
+                       f"not mae")
     require_torch()
     import torch
     from transformers import ViTMAEForPreTraining
@@ -141,17 +145,18 @@ def params_match(torch_params: dict, mim_jax_params: int, w) -> bool:
           and torch_params["total"] == mim_jax_params + fixed_pos_embed_count(w))
 
 
-def serve(peer: TorchMAE, inp=sys.stdin, out=None):
+def serve(peer, inp=sys.stdin, out=None, ready=None):
   """JSON-line commands: {"cmd": "run", "steps": n} -> {"times": [...]};
-  {"cmd": "info"} -> info(); {"cmd": "quit"}. A first line {"ready": true, ...} says the model
-  is built. Errors come back as {"error": "..."}."""
+  {"cmd": "info"} -> info(); {"cmd": "quit"}. A first line {"ready": true, ...} (``ready``,
+  default the torch peer's) says the model is built. Errors come back as {"error": "..."}.
+  Also serves mim_jax's ``JaxStep`` (``benchmarks.mae_step --serve``, for ``--compare``)."""
   out = out or sys.stdout
 
   def reply(obj):
     out.write(json.dumps(obj) + "\n")
     out.flush()
 
-  reply({"ready": True, "device": peer.device.type, "params": peer.params})
+  reply(ready or {"ready": True, "device": peer.device.type, "params": peer.params})
   for line in inp:
     if not line.strip():
       continue
@@ -173,7 +178,8 @@ def serve(peer: TorchMAE, inp=sys.stdin, out=None):
 
 def parse_args(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--workload", default="tiny32", choices=sorted(WORKLOADS))
+  ap.add_argument("--workload", default="tiny32",
+                  choices=sorted(n for n, w in WORKLOADS.items() if w.method == "mae"))
   ap.add_argument("--batch_size", type=int, default=0, help="0: the workload's batch")
   ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   ap.add_argument("--steps", type=int, default=10)

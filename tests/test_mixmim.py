@@ -49,7 +49,7 @@ def tiny_hier():
 def test_pretraining_model_counts_of_mixmim_b():
   """114.67 M with the two fixed sin-cos tables (56*56*128 and 7*7*512), decoder 27.35 M."""
   c = config_lib.base_config("mixmim")
-  c.image_size, c.batch_size = 224, 8
+  c.image_size, c.batch_size = 224, 16
   method = methods.get("mixmim")(c, 3)
   shapes = jax.eval_shape(method.init, jax.random.key(0))
   assert set(shapes) == {"encoder", "decoder"}
@@ -200,6 +200,8 @@ def test_loss_matches_a_slow_reference(tiny_hier):
 def test_configuration_errors():
   with pytest.raises(ValueError, match="does not split into 3 mask groups"):
     mixmim(mask_groups=3)
+  with pytest.raises(ValueError, match="mixed with itself"):
+    mixmim(mask_groups=4)                           # batch 4: one image per group
   with pytest.raises(ValueError, match="mixes 0 of 4 cells"):
     mixmim(mask_ratio=0.2)
   with pytest.raises(ValueError, match="mixes 4 of 4 cells"):

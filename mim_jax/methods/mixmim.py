@@ -60,9 +60,10 @@ class MixMIM(MaskedPretraining):
     mixing.num_mixed(self.num_cells, m.mask_ratio)   # checks the ratio
     self.norm_pix = m.norm_pix_loss
     self.groups = m.mask_groups or jax.device_count()
-    if config.batch_size % self.groups:
+    if config.batch_size % self.groups or config.batch_size < 2 * self.groups:
       raise ValueError(f"batch_size {config.batch_size} does not split into {self.groups} mask "
-                       f"groups (model.mask_groups; 0 = one per device)")
+                       f"groups of at least 2 images (model.mask_groups; 0 = one per device): "
+                       f"an image alone in its group would be mixed with itself")
     decoder = MixMIMDecoder(m.decoder_width, m.decoder_depth, m.decoder_heads, self.cell_grid,
                             self.stride ** 2 * channels, mlp_ratio=m.mlp_ratio, dtype=self.dtype)
     self.model = MixMIMModel(module, decoder)
