@@ -24,21 +24,25 @@ def count(tree):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
-def mixmim(encoder="hierarchical", variant="tiny_test", image_size=64, channels=3, **model):
+def mixmim(encoder="hierarchical", variant="tiny_test", image_size=32, channels=3, **model):
+  """A tiny MixMIM: hierarchical ``tiny_test`` cut to two stages (8x8 tokens in 4x4 windows,
+  then 4x4 tokens; 4x4 cells of 8 px at 32 px), or a 2-block ViT; batch 4."""
   c = config_lib.base_config("mixmim")
   c.model.encoder, c.model.variant = encoder, variant
   c.image_size = image_size
   c.batch_size = 4
   c.model.decoder_width, c.model.decoder_depth, c.model.decoder_heads = 32, 1, 2
-  c.model.update(model)
-  if encoder == "vit":
+  if encoder == "hierarchical":
+    c.model.stage_depths, c.model.stage_heads, c.model.window_sizes = (1, 1), (1, 2), (4, 4)
+  else:
     c.model.width, c.model.depth, c.model.heads = 32, 2, 2
+  c.model.update(model)
   return methods.get("mixmim")(c, channels)
 
 
 @pytest.fixture(scope="module")
 def tiny_hier():
-  """MixMIM on the tiny hierarchical encoder at 64 px (2x2 cells), 2 mask groups, initialized."""
+  """MixMIM on the tiny two-stage hierarchical encoder at 32 px, 2 mask groups, initialized."""
   method = mixmim(mask_groups=2)
   return method, jax.jit(method.init)(jax.random.key(0))
 
@@ -126,7 +130,7 @@ def test_each_prediction_uses_only_the_other_half_of_its_own_image(encoder, tiny
   """The un-mixed prediction of image i depends on image i alone (the partner and the other
   group change nothing), and at a cell with mask value v only on i's cells of value 1 - v."""
   if encoder == "hierarchical":
-    (method, params), size = tiny_hier, 64
+    (method, params), size = tiny_hier, 32
   else:
     method, size = mixmim("vit", "tiny_test/4", 16, mask_groups=2), 16
     params = jax.jit(method.init)(jax.random.key(0))
@@ -178,7 +182,7 @@ def test_plain_vit_isolation_needs_the_attention_bias(monkeypatch):
 def test_loss_matches_a_slow_reference(tiny_hier):
   method, params = tiny_hier
   assert method.norm_pix
-  images = jax.random.normal(jax.random.key(1), (4, 64, 64, 3))
+  images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
   rngs = {"mask": jax.random.key(2), "drop_path": jax.random.key(3)}
   loss = float(jax.jit(method.loss)(params, {}, {"image": images}, rngs)[0])
   token_mask, cells = method.masks(rngs["mask"], 4, 2)
@@ -186,15 +190,17 @@ def test_loss_matches_a_slow_reference(tiny_hier):
       {"params": params}, images, token_mask, cells, 2))
   cells, x = np.asarray(cells), np.asarray(images, np.float64)
   partner = {0: 1, 1: 0, 2: 3, 3: 2}
-  total, s = 0.0, 32
+  (side, _), s = method.cell_grid, method.stride
+  assert (side, s) == (4, 8)
+  total = 0.0
   for i in range(4):
-    for p in range(4):
-      r, col = divmod(p, 2)
+    for p in range(side * side):
+      r, col = divmod(p, side)
       target = x[i, r * s:(r + 1) * s, col * s:(col + 1) * s].reshape(-1)
       target = (target - target.mean()) / np.sqrt(target.var(ddof=1) + 1e-6)
       pred = raw[i, p] if cells[i, p] else raw[4 + partner[i], p]
       total += np.sum((pred - target) ** 2)
-  assert loss == pytest.approx(total / (4 * 4 * s * s * 3), rel=1e-5)
+  assert loss == pytest.approx(total / (4 * side * side * s * s * 3), rel=1e-5)
 
 
 def test_configuration_errors():
@@ -202,9 +208,9 @@ def test_configuration_errors():
     mixmim(mask_groups=3)
   with pytest.raises(ValueError, match="mixed with itself"):
     mixmim(mask_groups=4)                           # batch 4: one image per group
-  with pytest.raises(ValueError, match="mixes 0 of 4 cells"):
-    mixmim(mask_ratio=0.2)
-  with pytest.raises(ValueError, match="mixes 4 of 4 cells"):
+  with pytest.raises(ValueError, match="mixes 0 of 16 cells"):
+    mixmim(mask_ratio=0.05)
+  with pytest.raises(ValueError, match="mixes 16 of 16 cells"):
     mixmim(mask_ratio=1.0)
 
 
@@ -229,13 +235,15 @@ def test_digits_run_and_fine_tune_restores_its_encoder(tmp_path):
                      "model.stage_depths": "(1, 1)"}.items():
     config_lib.override(ft, key, value)
   method = methods.get("finetune")(ft, 1, num_classes=10)
-  params = method.init(jax.random.key(0))
+  params = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype),
+                        jax.eval_shape(method.init, jax.random.key(0)))
   _, restored, _, what = method.load_pretrained(params, {}, workdir)
   _, saved = pretrained.read_params(workdir)
   assert what == "encoder"
   jax.tree.map(np.testing.assert_array_equal, restored["encoder"], saved["encoder"])
-  features = method.features(restored, jnp.zeros((2, 16, 16, 1)), "avg")
-  assert features.shape == (2, 128)
+  features = jax.jit(method.features, static_argnums=2)(restored, jnp.zeros((2, 16, 16, 1)),
+                                                        "avg")
+  assert features.shape == (2, 128) and np.all(np.isfinite(features))
 
 
 def test_imagenet_recipe_matches_mixmim_md():
