@@ -20,7 +20,7 @@ Meant for GPU nodes or a TPU pod (the official B/16 run: ~7 h on 32 V100s).
 """
 
 from mim_jax import recipes
-from mim_jax.config import base_config, parse_arg
+from mim_jax.config import base_config, choose, parse_arg
 
 RECIPES = {  # epochs, blr, layer decay, drop path
     "B/16": (100.0, 5e-4, 0.65, 0.1),
@@ -31,8 +31,7 @@ RECIPES = {  # epochs, blr, layer decay, drop path
 
 def get_config(arg=None):
   arg = parse_arg(arg, variant="B/16", runlocal=False)
-  if arg.variant not in RECIPES:
-    raise ValueError(f"variant must be one of {sorted(RECIPES)}, got {arg.variant!r}")
+  choose("variant", arg.variant, RECIPES)
   epochs, blr, layer_decay, drop_path = RECIPES[arg.variant]
   c = base_config("finetune")
   recipes.finetune_protocol(c)

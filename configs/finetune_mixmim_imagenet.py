@@ -21,15 +21,14 @@ choice, following MAE's ViT-L) -- check it against the paper before quoting an L
 """
 
 from mim_jax import recipes
-from mim_jax.config import base_config, parse_arg
+from mim_jax.config import base_config, choose, parse_arg
 
 DROP_PATH = {"B": 0.1, "L": 0.2}
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, variant="B", runlocal=False)
-  if arg.variant not in DROP_PATH:
-    raise ValueError(f"variant must be one of {sorted(DROP_PATH)}, got {arg.variant!r}")
+  choose("variant", arg.variant, DROP_PATH)
   c = base_config("finetune")
   recipes.finetune_protocol(c)
   recipes.imagenet_run(c)

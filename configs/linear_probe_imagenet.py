@@ -13,15 +13,14 @@ BatchNorm statistics here are over the global batch (the PyTorch code keeps them
 """
 
 from mim_jax import recipes
-from mim_jax.config import base_config, parse_arg
+from mim_jax.config import base_config, choose, parse_arg
 
 EPOCHS = {"B/16": 90.0, "L/16": 50.0, "H/14": 50.0}
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, variant="B/16", runlocal=False)
-  if arg.variant not in EPOCHS:
-    raise ValueError(f"variant must be one of {sorted(EPOCHS)}, got {arg.variant!r}")
+  choose("variant", arg.variant, EPOCHS)
   c = base_config("linear_probe")
   recipes.linear_probe_protocol(c)
   recipes.imagenet_run(c)

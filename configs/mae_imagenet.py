@@ -19,15 +19,14 @@ evaluation runs; the fast probe logged here is only a training curve.)
 """
 
 from mim_jax import recipes
-from mim_jax.config import base_config, parse_arg
+from mim_jax.config import base_config, choose, parse_arg
 
 VARIANTS = ("B/16", "L/16", "H/14")
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, variant="B/16", runlocal=False)
-  if arg.variant not in VARIANTS:
-    raise ValueError(f"variant must be one of {VARIANTS}, got {arg.variant!r}")
+  choose("variant", arg.variant, VARIANTS)
   c = base_config("mae")
   c.dataset = "tfds:imagenet2012"
   c.train_split = "train"

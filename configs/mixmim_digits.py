@@ -17,19 +17,15 @@ Measured: RESULTS.md.
 """
 
 from mim_jax import recipes
-from mim_jax.config import base_config, parse_arg
+from mim_jax.config import base_config, choose, parse_arg
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, encoder="hierarchical", runlocal=False)
+  choose("encoder", arg.encoder, ("hierarchical", "vit"))
   c = base_config("mixmim")
   recipes.digits_data(c)
-  if arg.encoder == "vit":
-    recipes.digits_encoder(c.model)
-  elif arg.encoder == "hierarchical":
-    c.model.encoder, c.model.variant = "hierarchical", "digits"
-  else:
-    raise ValueError(f"encoder must be 'hierarchical' or 'vit', got {arg.encoder!r}")
+  recipes.digits_encoder(c.model, arg.encoder)
   c.model.decoder_width, c.model.decoder_depth, c.model.decoder_heads = 64, 2, 4
   c.model.norm_pix_loss = False
   c.model.mask_ratio = 0.5

@@ -33,27 +33,20 @@ per patch, and the same optimizer and epochs. No result has been reported for it
 """
 
 from mim_jax import recipes
-from mim_jax.config import base_config, parse_arg
-
-VARIANTS = ("B", "L")
-EPOCHS = (300, 600)
-
+from mim_jax.config import base_config, choose, parse_arg
 
 def get_config(arg=None):
   arg = parse_arg(arg, variant="B", epochs=600, encoder="hierarchical", runlocal=False)
-  if arg.variant not in VARIANTS:
-    raise ValueError(f"variant must be one of {VARIANTS}, got {arg.variant!r}")
-  if arg.epochs not in EPOCHS:
-    raise ValueError(f"epochs must be one of {EPOCHS} (the paper's schedules), got {arg.epochs!r}")
+  choose("variant", arg.variant, ("B", "L"))
+  choose("epochs", arg.epochs, (300, 600))          # the paper's schedules
+  choose("encoder", arg.encoder, ("hierarchical", "vit"))
   c = base_config("mixmim")
   recipes.imagenet_run(c)
   recipes.imagenet_pretraining(c)
   if arg.encoder == "vit":
     c.model.encoder, c.model.variant = "vit", f"{arg.variant}/16"
-  elif arg.encoder == "hierarchical":
-    c.model.encoder, c.model.variant = "hierarchical", arg.variant
   else:
-    raise ValueError(f"encoder must be 'hierarchical' or 'vit', got {arg.encoder!r}")
+    c.model.encoder, c.model.variant = "hierarchical", arg.variant
   c.model.mask_ratio = 0.5
   c.model.norm_pix_loss = True
   c.model.drop_path = 0.0

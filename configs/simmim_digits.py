@@ -24,25 +24,20 @@ Measured: RESULTS.md.
 """
 
 from mim_jax import recipes
-from mim_jax.config import base_config, parse_arg
-
-ENCODERS = ("vit", "hierarchical")
+from mim_jax.config import base_config, choose, parse_arg
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, encoder="vit", runlocal=False)
-  if arg.encoder not in ENCODERS:
-    raise ValueError(f"encoder must be one of {ENCODERS}, got {arg.encoder!r}")
+  choose("encoder", arg.encoder, ("vit", "hierarchical"))
   c = base_config("simmim")
   recipes.digits_data(c)
+  recipes.digits_encoder(c.model, arg.encoder)
   if arg.encoder == "vit":
-    recipes.digits_encoder(c.model)
     c.model.pos_embed, c.model.rel_pos = "none", "shared"
     c.model.layer_scale, c.model.qkv_bias, c.model.init = 0.1, "qv", "beit"
     c.model.drop_path = 0.1
   else:
-    c.model.encoder = "hierarchical"
-    c.model.variant = "digits"
     c.model.drop_path = 0.0
   c.model.mask_patch_size = 4
   c.model.mask_ratio = 0.6

@@ -54,16 +54,12 @@ position bias tables, which mim_jax.pretrained does not resize; fine-tune at 192
 """
 
 from mim_jax import recipes
-from mim_jax.config import base_config, parse_arg
-
-
-ENCODERS = ("vit", "hierarchical")
+from mim_jax.config import base_config, choose, parse_arg
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, encoder="vit", runlocal=False)
-  if arg.encoder not in ENCODERS:
-    raise ValueError(f"encoder must be one of {ENCODERS}, got {arg.encoder!r}")
+  choose("encoder", arg.encoder, ("vit", "hierarchical"))
   c = base_config("simmim")
   recipes.imagenet_run(c)
   recipes.simmim_vit_b(c, batch_size=2048)

@@ -36,6 +36,15 @@ def parse_arg(arg, **defaults):
   return out
 
 
+def choose(name: str, value, options):
+  """``value`` of the config argument ``name`` if it is one of ``options``, else a ConfigError
+  naming them."""
+  options = tuple(options)
+  if value not in options:
+    raise ConfigError(f"{name} must be one of {options}, got {value!r}")
+  return value
+
+
 def _literal(text):
   try:
     return ast.literal_eval(text)

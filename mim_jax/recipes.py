@@ -47,8 +47,15 @@ def digits_data(c):
   return c
 
 
-def digits_encoder(m):
-  """The digits demo's ViT: 4x4 patches (16 tokens), 128 wide, 4 blocks, 4 heads."""
+def digits_encoder(m, family: str = "vit"):
+  """The digits demo's encoder. ``vit``: 4x4 patches (16 tokens), 128 wide, 4 blocks, 4 heads.
+  ``hierarchical``: the "digits" size of models/hierarchical.py (2 px patches, two stages; its
+  last grid is the ViT's 4x4)."""
+  if family == "hierarchical":
+    m.encoder, m.variant = "hierarchical", "digits"
+    return m
+  if family != "vit":
+    raise ValueError(f"digits encoder family must be 'vit' or 'hierarchical', got {family!r}")
   m.encoder = "vit"
   m.variant = "tiny_test/4"
   m.width, m.depth, m.heads = 128, 4, 4

@@ -21,8 +21,11 @@ def test_imagenet_variants_and_recipe():
   assert (c.batch_size, c.optimizer.blr, c.optimizer.b2, c.total_epochs, c.warmup_epochs) == \
       (4096, 1.5e-4, 0.95, 800.0, 40.0)
   assert c.model.mask_ratio == 0.75 and c.model.norm_pix_loss
-  with pytest.raises(ValueError, match="variant must be one of"):
+  with pytest.raises(config_lib.ConfigError, match=r"variant must be one of \('B/16', "):
     config_lib.load(f"{IMAGENET}:variant=B/32")
+  for name in ("simmim_digits.py", "simmim_imagenet.py", "mixmim_digits.py", "mixmim_imagenet.py"):
+    with pytest.raises(config_lib.ConfigError, match="encoder must be one of .*got 'swin'"):
+      config_lib.load(os.path.join(ROOT, "configs", f"{name}:encoder=swin"))
 
 
 def test_runlocal_shrinks_the_config():
