@@ -122,6 +122,20 @@ def base_config(method: str = "mae") -> ConfigDict:
       club_negatives="views",    # views (the same image's other views) | batch (standard CLUB)
       v_hidden=512,              # V's hidden width
       epoch_unit="images"))      # images | views: what total_epochs / warmup_epochs count
+  # --- MLO-MAE (mlo_mae.md): the three levels, their data and the hypergradient ---
+  c.mlo = ConfigDict(dict(
+      hypergrad="finite_difference",   # finite_difference (official) | jvp | unroll
+      unroll_steps=2,            # K: theta updates per round (then one psi, one phi update)
+      fd_alpha=0.01,             # finite differences: eps = fd_alpha / ||direction||
+      remat=True,                # unroll: recompute each inner step in the backward pass
+      eps_root=1e-16,            # unroll: AdamW's eps inside the sqrt (differentiable at 0)
+      heldout_fraction=0.2,      # the last share of train_split (by id) for stage III
+      stage1_uses_all_train=False,  # the official CIFAR code: stage I on all of train_split
+      head_lr=4e-5, head_weight_decay=0.01, head_batch_size=0,        # psi; batch 0 = batch_size
+      masker_lr=4e-5, masker_weight_decay=0.01, masker_batch_size=0,  # phi
+      head_dropout=0.1,
+      masker_hidden=512,
+      learnable_pos=True))       # the encoder's sin-cos table is a parameter (official models)
   # --- restoring and evaluating earlier runs ---
   c.init_from = ""               # a workdir whose checkpoint initializes the parameters
   c.init_step = -1               # its step; -1 = latest

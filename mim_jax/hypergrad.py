@@ -162,8 +162,9 @@ def unroll(loss_p, loss_f, loss_m, theta, psi, phi, batches_p: Sequence, batches
   b H^F_{theta psi} v_psi) at the updated point: the first-order expression scaled by a, with
   path B weighted by b relative to path A.
 
-  Returns (grad_phi, diagnostics, InnerState): diagnostics holds L_M after the inner steps and
-  grad_phi's norm; InnerState the updated theta / psi and optimizer states, which a trainer can
+  Returns (grad_phi, diagnostics, InnerState): diagnostics holds L_M after the inner steps,
+  grad_phi's norm and the mean L_P / L_F of the inner steps (each at the point it was taken);
+  InnerState the updated theta / psi and optimizer states, which a trainer can
   keep as its real update.
   """
   steps = len(batches_p)
@@ -176,21 +177,31 @@ def unroll(loss_p, loss_f, loss_m, theta, psi, phi, batches_p: Sequence, batches
                      f"{steps // psi_every} stage-II batches, got {len(batches_f)}")
 
   def theta_step(t, state, p, batch):
-    return theta_update(t, jax.grad(loss_p, argnums=0)(t, p, batch), state)
+    value, grads = jax.value_and_grad(loss_p, argnums=0)(t, p, batch)
+    return theta_update(t, grads, state), value
 
   def psi_step(s, state, t, batch):
-    return psi_update(s, jax.grad(loss_f, argnums=1)(t, s, batch), state)
+    value, grads = jax.value_and_grad(loss_f, argnums=1)(t, s, batch)
+    return psi_update(s, grads, state), value
 
   if remat:
     theta_step, psi_step = jax.checkpoint(theta_step), jax.checkpoint(psi_step)
 
   def outer(p):
     t, t_state, s, s_state = theta, theta_state, psi, psi_state
+    values_p, values_f = [], []
     for k in range(steps):
-      t, t_state = theta_step(t, t_state, p, batches_p[k])
+      (t, t_state), value = theta_step(t, t_state, p, batches_p[k])
+      values_p.append(value)
       if (k + 1) % psi_every == 0:
-        s, s_state = psi_step(s, s_state, t, batches_f[(k + 1) // psi_every - 1])
-    return loss_m(t, s, batch_m), InnerState(t, t_state, s, s_state)
+        (s, s_state), value = psi_step(s, s_state, t, batches_f[(k + 1) // psi_every - 1])
+        values_f.append(value)
+    inner_losses = (jnp.mean(jnp.stack(values_p)),
+                    jnp.mean(jnp.stack(values_f)) if values_f else jnp.zeros(()))
+    return loss_m(t, s, batch_m), (InnerState(t, t_state, s, s_state), inner_losses)
 
-  (loss, inner), grad = jax.value_and_grad(outer, has_aux=True)(phi)
-  return grad, dict(loss_m=loss, grad_norm=tree_norm(grad)), inner
+  (loss, (inner, (loss_p_mean, loss_f_mean))), grad = jax.value_and_grad(
+      outer, has_aux=True)(phi)
+  diagnostics = dict(loss_m=loss, grad_norm=tree_norm(grad), loss_p=jax.lax.stop_gradient(
+      loss_p_mean), loss_f=jax.lax.stop_gradient(loss_f_mean))
+  return grad, diagnostics, inner

@@ -105,11 +105,13 @@ def lars(schedule, momentum: float, trust_coefficient: float, weight_decay: floa
       optax.scale_by_learning_rate(schedule))
 
 
-def make_optimizer(opt_config, schedule, params=None, lr_scales=None, frozen=None):
+def make_optimizer(opt_config, schedule, params=None, lr_scales=None, frozen=None,
+                   eps_root: float = 0.0):
   """The optimizer that ``opt_config`` names.
 
   ``params`` (arrays or shapes) is needed for ``wd_exclude``; ``lr_scales`` (pytree of floats,
-  e.g. from ``layer_decay_scales``) and ``frozen`` (pytree of bools) are optional.
+  e.g. from ``layer_decay_scales``) and ``frozen`` (pytree of bools) are optional. ``eps_root``
+  goes to AdamW (> 0 to differentiate through its update: ``hypergrad.optax_update``).
   """
   exclude = tuple(opt_config.get("wd_exclude", ()))
   if exclude and params is None:
@@ -117,7 +119,7 @@ def make_optimizer(opt_config, schedule, params=None, lr_scales=None, frozen=Non
   mask = (lambda p: decay_mask(p, exclude))
   name = opt_config.get("name", "adamw")
   if name == "adamw":
-    tx = optax.adamw(schedule, b1=opt_config.b1, b2=opt_config.b2,
+    tx = optax.adamw(schedule, b1=opt_config.b1, b2=opt_config.b2, eps_root=eps_root,
                      weight_decay=opt_config.weight_decay, mask=mask)
   elif name == "lars":
     tx = lars(schedule, opt_config.momentum, opt_config.trust_coefficient,

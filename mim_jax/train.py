@@ -25,6 +25,7 @@ from mim_jax import checkpoint as ckpt_lib
 from mim_jax import config as config_lib
 from mim_jax import data, evaluators, methods, optim, visualize
 from mim_jax.metrics import MetricLogger, format_duration, progress_line
+from mim_jax.rng import stream_key
 
 log = logging.getLogger("mim_jax")
 
@@ -41,18 +42,14 @@ def make_mesh(devices=None) -> Mesh:
   return Mesh(devices.reshape(-1), ("data",))
 
 
-def stream_key(base_key, name: str, step):
-  """The RNG key of stream ``name`` (mask, dropout, ...) at ``step``: a resumed run redraws it."""
-  return jax.random.fold_in(jax.random.fold_in(base_key, zlib.crc32(name.encode())), step)
-
-
 # ---------------------------------------------------------------------------------------------
 # Schedule and optimizer.
 # ---------------------------------------------------------------------------------------------
-def schedule_for(config, num_examples: int):
-  """(lr schedule, total steps) from the config and the training split's size."""
+def schedule_for(config, num_examples: int, step_images: int = 0):
+  """(lr schedule, total steps) from the config and the training split's size; a step takes
+  ``step_images`` of it (default: ``batch_size``)."""
   o = config.optimizer
-  steps_per_epoch = optim.steps_per_epoch(num_examples, config.batch_size)
+  steps_per_epoch = optim.steps_per_epoch(num_examples, step_images or config.batch_size)
   total = config.total_steps or max(1, math.ceil(config.total_epochs * steps_per_epoch))
   warmup = round(config.warmup_epochs * steps_per_epoch)
   peak = optim.learning_rate(o.blr, config.batch_size)
@@ -101,7 +98,13 @@ def state_initializer(method, tx, base_key, ema: bool = False):
 # ---------------------------------------------------------------------------------------------
 def make_train_step(method, tx, schedule, base_key, ema_decay: float = 0.0, stage=None):
   """The jit-able update of one batch. A method with stages (``method.stage(step)``, e.g. AMT's
-  'random' then 'amt' masking with other token counts) gets one step function per stage."""
+  'random' then 'amt' masking with other token counts) gets one step function per stage. A
+  method with its own update rule (``method.make_train_step(tx, base_key)``: MLO-MAE's three
+  levels) builds its step itself, from the ``tx`` its ``optimizer`` gave."""
+  if hasattr(method, "make_train_step"):
+    if ema_decay > 0:
+      raise ValueError(f"ema_decay is not supported by {type(method).__name__}'s own train step")
+    return method.make_train_step(tx, base_key)
   loss_fn = method.loss if stage is None else functools.partial(method.loss, stage=stage)
 
   def train_step(state, batch):
@@ -164,20 +167,38 @@ def train_and_evaluate(config, workdir: str) -> dict:
   trains = hasattr(method, "loss")
   if not trains and not config.eval_only:
     raise ValueError(f"method {config.method!r} trains nothing: run it with eval_only=True")
-  # An epoch is a pass over the training split, or the share of it a method says (MI-MAE).
-  epoch_examples = max(1, round(info.num_examples * getattr(method, "epoch_fraction", 1.0)))
-  schedule, total_steps = schedule_for(config, epoch_examples)
+  # The training streams: the train split, or those the method names (MLO-MAE: three). The
+  # first is what epochs count passes over and images/s counts images of.
+  streams = (method.data_streams(config.train_split, config.batch_size)
+             if hasattr(method, "data_streams") else {"": (config.train_split, config.batch_size)})
+  for name, (split, size) in streams.items():
+    if size % jax.device_count():
+      raise ValueError(f"the batch of {size} images of stream {name or 'train'!r} does not "
+                       f"divide over {jax.device_count()} devices")
+  main_split, step_images = next(iter(streams.values()))
+  main_examples = data.dataset_info(config.data, config.dataset, main_split).num_examples
+  # An epoch is a pass over that split, or the share of it a method says (MI-MAE).
+  epoch_examples = max(1, round(main_examples * getattr(method, "epoch_fraction", 1.0)))
+  schedule, total_steps = schedule_for(config, epoch_examples, step_images)
   base_key = jax.random.key(config.seed)
   abstract_params = jax.eval_shape(method.init, stream_key(base_key, "init", 0))
-  # An evaluation needs no optimizer state (and restores none).
-  tx = (optax.set_to_zero() if config.eval_only
-        else optimizer_for(config, method, schedule, abstract_params))
+  # An evaluation needs no optimizer state (and restores none). A method with its own
+  # optimizers (MLO-MAE) builds them for the run's length.
+  if config.eval_only:
+    tx = optax.set_to_zero()
+  elif hasattr(method, "optimizer"):
+    tx = method.optimizer(schedule, total_steps)
+  else:
+    tx = optimizer_for(config, method, schedule, abstract_params)
   init = state_initializer(method, tx, base_key, ema=config.ema_decay > 0)
   abstract_state = ckpt_lib.abstract(jax.eval_shape(init), replicated)
   n_params = sum(x.size for x in jax.tree.leaves(abstract_state["params"]))
   log.info("%s on %s (%d examples, %d classes): %s parameters, %d steps of %d images, %d devices",
            config.method, config.dataset, info.num_examples, info.num_classes,
-           f"{n_params:,}", total_steps, config.batch_size, jax.device_count())
+           f"{n_params:,}", total_steps, step_images, jax.device_count())
+  if len(streams) > 1:
+    log.info("training streams: %s", ", ".join(f"{name} {split} ({size} per step)"
+                                                 for name, (split, size) in streams.items()))
 
   # Restore: this workdir's latest checkpoint, else init_from's weights, else a fresh init.
   ckpt = ckpt_lib.Checkpointer(workdir, config.checkpoint.keep, config.checkpoint.async_save)
@@ -233,10 +254,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # Hooks run before the step they are due at (AMT's attention refresh).
   hooks = method.step_hooks(mesh) if hasattr(method, "step_hooks") else []
-  train_it = data.train_iterator(config.data, config.dataset, config.train_split,
-                                 global_batch_size=config.batch_size,
-                                 image_size=config.image_size, seed=config.seed,
-                                 start_step=start)
+  train_its = {name: data.train_iterator(config.data, config.dataset, split,
+                                         global_batch_size=size, image_size=config.image_size,
+                                         seed=_stream_seed(config.seed, name), start_step=start)
+               for name, (split, size) in streams.items()}
+  train_it = train_its[""] if "" in train_its else data.Zip(train_its)
   batches = data.device_prefetch(train_it, batched, size=config.data.prefetch)
 
   preemption = _Preemption()
@@ -262,7 +284,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     row = dict(means, **{"data/skipped_images": getattr(train_it, "skipped_images", 0)})
     if window_start is not None and window_steps:
       elapsed = time.time() - window_start - excluded
-      row["images_per_sec"] = window_steps * config.batch_size / max(elapsed, 1e-9)
+      row["images_per_sec"] = window_steps * step_images / max(elapsed, 1e-9)
       eta = (total_steps - step) * elapsed / window_steps
       log.info(progress_line(step, total_steps, means["loss"], means["lr"],
                              row["images_per_sec"], eta))
@@ -370,6 +392,11 @@ def _initialize_from(config, method, state, abstract_state, sharding):
     what = "parameters"
   log.info("%s initialized from %s step %d", what, config.init_from, step)
   return state
+
+
+def _stream_seed(seed: int, name: str) -> int:
+  """The data seed of a training stream: the run's seed for the only stream, else one per name."""
+  return seed if not name else (seed * 1_000_003 + zlib.crc32(name.encode())) % (2 ** 31)
 
 
 def _format(metrics: dict, prefix: str) -> str:

@@ -16,8 +16,15 @@ def to_uint8(images, mean, std):
 
 
 def grid(columns: dict, mean, std, min_side: int = 64, pad: int = 2) -> np.ndarray:
-  """One row per example, one column per entry of COLUMNS; small images are upscaled."""
-  return panels_grid([to_uint8(columns[name], mean, std) for name in COLUMNS], min_side, pad)
+  """One row per example, one column per entry of COLUMNS; small images are upscaled. A
+  ``probabilities`` entry [N, h, w] (MLO-MAE's masking network) adds a heatmap column, each map
+  stretched to its own range."""
+  panels = [to_uint8(columns[name], mean, std) for name in COLUMNS]
+  if "probabilities" in columns:
+    p = np.asarray(columns["probabilities"], np.float32)
+    lo, hi = p.min((1, 2), keepdims=True), p.max((1, 2), keepdims=True)
+    panels.append(heatmap((p - lo) / np.maximum(hi - lo, 1e-12), panels[0].shape[1]))
+  return panels_grid(panels, min_side, pad)
 
 
 def panels_grid(panels, min_side: int = 64, pad: int = 2) -> np.ndarray:

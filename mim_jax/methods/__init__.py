@@ -23,7 +23,14 @@ and optionally:
                                  with epochs counted in views: 1 / N; default 1);
   ``step_hooks(mesh)``        -> hooks run before the step they are ``due(step)`` at:
                                  ``run(state, step, rng) -> (state, metrics, images)`` (AMT's
-                                 attention refresh).
+                                 attention refresh);
+  ``data_streams(train_split, batch_size)`` -> {name: (split, global batch)}: several training
+                                 streams, each batch then {name: batch}; the first is what epochs
+                                 and images/s count (MLO-MAE's three levels);
+  ``optimizer(schedule, total_steps)`` -> an object with ``init(params)`` (the ``opt_state``),
+                                 replacing ``config.optimizer``'s; and with it
+  ``make_train_step(tx, base_key)`` -> the method's own ``train_step(state, batch) -> (state,
+                                 metrics with loss, grad_norm, lr)`` (MLO-MAE's rounds).
 A method without ``loss`` (kNN) only evaluates: it runs with ``eval_only``.
 Every method keeps its encoder under ``params["encoder"]``.
 """
@@ -35,6 +42,7 @@ _REGISTRY = {
     "simmim": "mim_jax.methods.simmim:SimMIM",
     "mi_mae": "mim_jax.methods.mi_mae:MIMAE",
     "mixmim": "mim_jax.methods.mixmim:MixMIM",
+    "mlo_mae": "mim_jax.methods.mlo_mae:MLOMAE",
     "finetune": "mim_jax.methods.finetune:FineTune",
     "linear_probe": "mim_jax.methods.linear_probe:LinearProbe",
     "knn": "mim_jax.methods.knn:Knn",

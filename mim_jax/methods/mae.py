@@ -41,7 +41,8 @@ class MAE(MaskedPretraining):
     if m.encoder != "vit":
       raise ValueError(f"MAE needs model.encoder='vit', got {m.encoder!r}")
     self.dtype = compute_dtype(config.compute_dtype)
-    self.encoder = encoders.build(m, config.image_size, dtype=self.dtype)
+    self.encoder = encoders.build(m, config.image_size, dtype=self.dtype,
+                                  **self.encoder_options(config))
     self.patch_size = self.encoder.patch_size
     self.grid = self.encoder.module.grid
     self.num_patches = self.grid[0] * self.grid[1]
@@ -56,6 +57,12 @@ class MAE(MaskedPretraining):
     self.model = mae_model.MAE(self.encoder.module, decoder)
     self.config = config
     self.amt = amt.strategy(config, data_info, self.grid, self.patch_size, "floor")
+
+  @staticmethod
+  def encoder_options(config) -> dict:
+    """Options of ``encoders.build`` beyond ``config.model`` (MLO-MAE: a learnable table)."""
+    del config
+    return {}
 
   def init(self, rng):
     patches = jnp.zeros((1, self.num_patches, self.patch_size ** 2 * self.channels))
@@ -101,6 +108,10 @@ class MAE(MaskedPretraining):
   def reconstruct(self, params, images, rng):
     """Original, masked input, and reconstruction with the visible patches pasted back."""
     patches, pred, mask = self._predict(params, images, rng)
+    return self.paste(images, patches, pred, mask)
+
+  def paste(self, images, patches, pred, mask):
+    """The PNG columns of ``reconstruct`` from a prediction of the masked patches."""
     if self.norm_pix:  # undo the per-patch normalization with the true patch statistics
       mean = patches.mean(-1, keepdims=True)
       std = jnp.sqrt(patches.var(-1, keepdims=True, ddof=1) + 1e-6)

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mim_jax.models.vit import LN_EPS, trunc_normal
+from mim_jax.models.vit import LN_EPS, torch_default_init, trunc_normal
 from mim_jax.patches import patchify
 
 
@@ -59,3 +59,17 @@ class ProbeClassifier(nn.Module):
     head = nn.Dense(self.num_classes, name="head",
                     kernel_init=trunc_normal(0.01))
     return head(x)
+
+
+class FeatureHead(nn.Module):
+  """A head on features an encoder already gave: LayerNorm (eps 1e-6) -> Dropout -> Dense, the
+  Dense in PyTorch's default init (MLO-MAE's classification level on the [CLS] output)."""
+  num_classes: int
+  dropout: float = 0.1
+
+  @nn.compact
+  def __call__(self, features, deterministic: bool = True):
+    x = nn.LayerNorm(epsilon=LN_EPS, name="norm")(features.astype(jnp.float32))
+    x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+    init = torch_default_init(features.shape[-1])
+    return nn.Dense(self.num_classes, kernel_init=init, bias_init=init, name="fc")(x)
