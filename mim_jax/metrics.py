@@ -60,6 +60,8 @@ def format_duration(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def progress_line(step, total, loss, lr, images_per_sec, eta_s) -> str:
-  return (f"step {step}/{total} ({100.0 * step / total:.1f}%) | loss {loss:.4f} | lr {lr:.3g} | "
-          f"{images_per_sec:.1f} img/s | ETA {format_duration(eta_s)}")
+def progress_line(step, total, loss, lr, images_per_sec, eta_s, extra=None) -> str:
+  """One log line; ``extra`` (name -> value) is shown after the loss (MLO-MAE's other levels)."""
+  more = "".join(f" | {k} {v:.4g}" for k, v in (extra or {}).items())
+  return (f"step {step}/{total} ({100.0 * step / total:.1f}%) | loss {loss:.4f}{more} | "
+          f"lr {lr:.3g} | {images_per_sec:.1f} img/s | ETA {format_duration(eta_s)}")

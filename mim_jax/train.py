@@ -286,8 +286,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       elapsed = time.time() - window_start - excluded
       row["images_per_sec"] = window_steps * step_images / max(elapsed, 1e-9)
       eta = (total_steps - step) * elapsed / window_steps
+      extra = {k: means[k] for k in getattr(method, "progress_keys", ()) if k in means}
       log.info(progress_line(step, total_steps, means["loss"], means["lr"],
-                             row["images_per_sec"], eta))
+                             row["images_per_sec"], eta, extra))
     writer.write(step, row)
     window_start, window_steps, excluded = time.time(), 0, 0.0
 

@@ -13,6 +13,7 @@ from mim_jax import checkpoint as ckpt_lib
 from mim_jax import config as config_lib
 from mim_jax import data, hypergrad, methods, train
 from mim_jax.methods.mlo_mae import theta_of
+from mim_jax.models.posembed import sincos_2d
 from mim_jax.rng import stream_key
 from test_train import sigterm_at
 
@@ -229,3 +230,20 @@ def test_interrupted_mlo_run_resumes_exactly(tmp_path, monkeypatch):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   assert os.path.exists(os.path.join(straight, "images", "reconstruction_00000004.png"))
+  # Every evaluation protocol takes the encoder, learned position table included.
+  saved = a["params"]["encoder"]
+  for name in ("finetune_digits", "linear_probe_digits", "knn_digits"):
+    e = config_lib.load(os.path.join(ROOT, "configs", name + ".py"))
+    for key, value in {"model.width": 32, "model.depth": 1, "model.heads": 2}.items():
+      config_lib.override(e, key, str(value))
+    protocol = methods.get(e.method)(e, 1, num_classes=10)
+    params = jax.device_get(jax.jit(protocol.init)(jax.random.key(1)))
+    extra = jax.device_get(jax.jit(protocol.init_extra)(jax.random.key(1))) if hasattr(
+        protocol, "init_extra") else {}
+    step, params, _, what = protocol.load_pretrained(params, extra, straight)
+    assert (step, what) == (4, "encoder"), name
+    np.testing.assert_array_equal(params["encoder"]["pos_embed"], saved["pos_embed"])
+    np.testing.assert_array_equal(params["encoder"]["patch_embed"]["proj"]["kernel"],
+                                  saved["patch_embed"]["proj"]["kernel"])
+  table = sincos_2d(32, 4, 4, cls_token=True)[None]
+  assert not np.allclose(saved["pos_embed"], table)   # trained: it moved from the sin-cos start

@@ -30,7 +30,8 @@ and optionally:
   ``optimizer(schedule, total_steps)`` -> an object with ``init(params)`` (the ``opt_state``),
                                  replacing ``config.optimizer``'s; and with it
   ``make_train_step(tx, base_key)`` -> the method's own ``train_step(state, batch) -> (state,
-                                 metrics with loss, grad_norm, lr)`` (MLO-MAE's rounds).
+                                 metrics with loss, grad_norm, lr)`` (MLO-MAE's rounds);
+  ``progress_keys``           metrics shown on the progress line after the loss.
 A method without ``loss`` (kNN) only evaluates: it runs with ``eval_only``.
 Every method keeps its encoder under ``params["encoder"]``.
 """

@@ -17,7 +17,9 @@ class Knn(EncoderProtocol):
 
   def __init__(self, config, channels: int, num_classes: int, data_info=None):
     super().__init__(config, channels, num_classes, data_info)
-    self.encoder = build_encoder(config)
+    # The position table is a parameter (never trained here) so that an encoder pre-trained
+    # with a learned one (MLO-MAE) restores; a sin-cos one starts as that table.
+    self.encoder = build_encoder(config, learnable_pos=True)
 
   def init(self, rng):
     return {"encoder": self.encoder.init(rng, self._dummy_images())}

@@ -29,7 +29,9 @@ class LinearProbe(EncoderProtocol):
     if num_classes < 2:
       raise ValueError(f"linear probing needs a labelled dataset; {config.dataset!r} has "
                        f"{num_classes} classes")
-    self.encoder = build_encoder(config)
+    # The position table is a parameter (never trained here) so that an encoder pre-trained
+    # with a learned one (MLO-MAE) restores; a sin-cos one starts as that table.
+    self.encoder = build_encoder(config, learnable_pos=True)
     self.pool = config.model.pool
     if self.pool not in self.encoder.pools:
       raise ValueError(f"model.pool {self.pool!r} is not available for the "

@@ -66,6 +66,7 @@ class LevelOptimizers:
 
 class MLOMAE(MAE):
   rng_streams = ()  # the masks are learned; the head's dropout keys are drawn in the step
+  progress_keys = ("loss_m", "hypergrad_norm", "mask_prob_gap")   # on each progress line
 
   def __init__(self, config: ConfigDict, channels: int, num_classes: int = 0, data_info=None):
     if config.model.masking != "random":
