@@ -24,32 +24,26 @@ Reported fine-tune top-1 (ViT-B/2, 100 epochs, configs of evaluation.md): MLO-MA
 93.7 vs 82.3 from scratch.
 """
 
-from mim_jax.config import base_config, choose, parse_arg
-from mim_jax.methods.mlo_mae import HYPERGRADS
+from mim_jax import recipes
+from mim_jax.config import parse_arg
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, hypergrad="finite_difference", runlocal=False)
-  c = base_config("mlo_mae")
-  c.mlo.hypergrad = choose("hypergrad", arg.hypergrad, HYPERGRADS)
+  c = recipes.mlo_mae(arg.hypergrad)
   c.dataset = "tfds:cifar10"
   c.train_split = "train"
   c.image_size = 32
   c.data.mean = (0.4914, 0.4822, 0.4465)
   c.data.std = (0.2470, 0.2435, 0.2616)
   c.model.variant = "B/2"
-  c.model.mask_ratio = 0.75
   c.model.norm_pix_loss = True
   c.batch_size = 256
   c.total_epochs = 200.0
   c.warmup_epochs = 0.0
   c.optimizer.blr = 1e-4          # lr = blr * 256 / 256 = 1e-4
   c.optimizer.weight_decay = 1e-3
-  c.mlo.unroll_steps = 2
-  c.mlo.heldout_fraction = 0.2
   c.mlo.head_lr = c.mlo.masker_lr = 4e-5
-  c.mlo.head_weight_decay = c.mlo.masker_weight_decay = 0.01
-  c.compute_dtype = "float32"
   c.log_every = 50
   c.image_every = 2000
   c.checkpoint.every_steps = 1000

@@ -22,21 +22,17 @@ Hardware: 2 CPU cores, minutes (unroll the slowest). Measured: RESULTS.md.
 """
 
 from mim_jax import recipes
-from mim_jax.config import base_config, choose, parse_arg
-from mim_jax.methods.mlo_mae import HYPERGRADS
+from mim_jax.config import parse_arg
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, hypergrad="finite_difference", runlocal=False)
-  c = base_config("mlo_mae")
-  c.mlo.hypergrad = choose("hypergrad", arg.hypergrad, HYPERGRADS)
+  c = recipes.mlo_mae(arg.hypergrad)
   recipes.digits_mae_model(c)
-  c.model.mask_ratio = 0.75
   recipes.digits_pretraining(c)
   c.optimizer.blr = 1.5e-3
   c.total_epochs = 137.5
   c.warmup_epochs = 13.75
-  c.mlo.unroll_steps = 2
   c.mlo.head_lr = c.mlo.masker_lr = 1e-3
   c.log_every = 25
   c.image_every = 275

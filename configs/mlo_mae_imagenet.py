@@ -17,30 +17,24 @@ Reported fine-tune top-1: MLO-MAE 84.8 vs MAE 83.6 vs 77.9 from scratch.
 """
 
 from mim_jax import recipes
-from mim_jax.config import base_config, choose, parse_arg
-from mim_jax.methods.mlo_mae import HYPERGRADS
+from mim_jax.config import parse_arg
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, hypergrad="finite_difference", runlocal=False)
-  c = base_config("mlo_mae")
-  c.mlo.hypergrad = choose("hypergrad", arg.hypergrad, HYPERGRADS)
+  c = recipes.mlo_mae(arg.hypergrad)
   c.dataset = "tfds:imagenet2012"
   c.train_split = "train"
   c.image_size = 224
   c.model.variant = "B/16"
-  c.model.mask_ratio = 0.75
   c.model.norm_pix_loss = True
   c.batch_size = 256
   c.total_epochs = 50.0
   c.warmup_epochs = 0.0
   c.optimizer.blr = 1.5e-4
   c.optimizer.weight_decay = 0.05
-  c.mlo.unroll_steps = 2
   c.mlo.head_lr, c.mlo.masker_lr = 2.5e-4, 2.5e-5
-  c.mlo.head_weight_decay = c.mlo.masker_weight_decay = 0.01
   c.mlo.head_batch_size = c.mlo.masker_batch_size = 128
-  c.compute_dtype = "float32"
   c.log_every = 100
   c.checkpoint.every_steps = 2000
   recipes.imagenet_pretraining(c)

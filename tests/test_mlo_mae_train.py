@@ -15,7 +15,7 @@ from mim_jax import data, hypergrad, methods, train
 from mim_jax.methods.mlo_mae import theta_of
 from mim_jax.models.posembed import sincos_2d
 from mim_jax.rng import stream_key
-from test_train import sigterm_at
+from test_train import run_straight_and_interrupted
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "mlo_mae_digits.py")
@@ -206,12 +206,7 @@ def test_unrolled_round_keeps_its_inner_steps_and_agrees_with_finite_differences
 # ------------------------------------------------------------------------------------------
 def test_interrupted_mlo_run_resumes_exactly(tmp_path, monkeypatch):
   c = tiny_config(**{"mlo.hypergrad": "jvp"})
-  straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
-  train.train_and_evaluate(c, straight)
-  with monkeypatch.context() as m:
-    sigterm_at(m, at_batch=2)
-    train.train_and_evaluate(c, interrupted)
-  assert ckpt_lib.Checkpointer(interrupted, read_only=True).latest_step() == 2
+  straight, interrupted = run_straight_and_interrupted(c, tmp_path, monkeypatch, at_batch=2)
   train.train_and_evaluate(c, interrupted)   # resumes at round 2, runs to 4
 
   method = build(c)

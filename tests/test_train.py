@@ -100,15 +100,21 @@ def sigterm_at(monkeypatch, at_batch, counts=lambda batch: True):
   monkeypatch.setattr(train.data, "device_prefetch", wrapped)
 
 
-def test_interrupted_run_resumes_bit_exact(tmp_path, monkeypatch):
-  c = tiny_config()
+def run_straight_and_interrupted(c, tmp_path, monkeypatch, at_batch):
+  """Workdirs 'straight' (``c`` run to its end) and 'interrupted' (stopped by SIGTERM at batch
+  ``at_batch``, its checkpoint at that step; not resumed yet)."""
   straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
   train.train_and_evaluate(c, straight)
-
   with monkeypatch.context() as m:
-    sigterm_at(m, at_batch=3)
+    sigterm_at(m, at_batch=at_batch)
     train.train_and_evaluate(c, interrupted)
-  assert ckpt_lib.Checkpointer(interrupted, read_only=True).latest_step() == 3
+  assert ckpt_lib.Checkpointer(interrupted, read_only=True).latest_step() == at_batch
+  return straight, interrupted
+
+
+def test_interrupted_run_resumes_bit_exact(tmp_path, monkeypatch):
+  c = tiny_config()
+  straight, interrupted = run_straight_and_interrupted(c, tmp_path, monkeypatch, at_batch=3)
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # handler restored
   train.train_and_evaluate(c, interrupted)                     # resumes at 3, runs to 8
 
