@@ -18,9 +18,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mim_jax import amt, data, visualize
+from mim_jax import amt, data, sharding, visualize
 from mim_jax.metrics import format_duration
 
 log = logging.getLogger("mim_jax")
@@ -40,8 +39,8 @@ class AttentionRefresh:
     n = mesh.size
     self.batch_size = math.ceil(config.amt.batch_size / n) * n
     self.picture_size = math.ceil(config.amt.images / n) * n
-    self.replicated = NamedSharding(mesh, P())
-    self.batched = NamedSharding(mesh, P("data"))
+    self.replicated = sharding.replicated(mesh)
+    self.batched = sharding.batch_sharding(mesh)
     grid = self.strategy.grid
 
     def update(cache, params, images, ids):
@@ -56,8 +55,8 @@ class AttentionRefresh:
       masked, thrown, _ = self.strategy.split(rng, self.strategy.unit_weights(maps, {}))
       return images, maps, self.strategy.unit_states(masked, thrown)
 
-    r, b = self.replicated, self.batched
-    self._update = jax.jit(update, in_shardings=(r, r, b, b), out_shardings=r, donate_argnums=0)
+    r, b = self.replicated, self.batched  # the parameters stay as they lie (replicated or fsdp)
+    self._update = jax.jit(update, in_shardings=(r, None, b, b), out_shardings=r, donate_argnums=0)
     self._picture = jax.jit(picture, out_shardings=r)
 
   def due(self, step: int) -> bool:

@@ -133,3 +133,9 @@ def abstract(tree, sharding):
   """ShapeDtypeStructs of ``tree`` (arrays or structs) placed with ``sharding``."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding),
                       tree)
+
+
+def abstract_sharded(tree, shardings):
+  """ShapeDtypeStructs of ``tree`` placed with the matching leaf of ``shardings``."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s),
+                      tree, shardings)

@@ -140,8 +140,12 @@ def base_config(method: str = "mae") -> ConfigDict:
   c.init_from = ""               # a workdir whose checkpoint initializes the parameters
   c.init_step = -1               # its step; -1 = latest
   c.eval_only = False            # run the evaluators on the initial parameters and stop
-  # --- multi-host ---
-  c.distributed = ConfigDict(dict(
+  # --- devices: the data x fsdp mesh (mim_jax/sharding.py) and multi-host ---
+  c.mesh = ConfigDict(dict(
+      fsdp=1,                    # devices per parameter shard group; 1 = plain data parallelism
+      rules=((".*", "fsdp"),),   # (regex over state paths, 'fsdp' | 'replicate'), first match
+      min_shard_size=2 ** 14))   # arrays with fewer elements stay replicated
+  c.distributed = ConfigDict(dict(  # jax.distributed; SLURM and Cloud TPU are auto-detected
       enabled=False, coordinator_address="", num_processes=0, process_id=-1))
   c.model = methods.get(method).default_model_config()
   c.lock()

@@ -40,19 +40,43 @@ def parse(argv):
 
 
 def setup_logging():
-  """One timestamped line per message on stdout (replacing handlers that imports installed)."""
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(message)s",
+  """One timestamped line per message on stdout (replacing handlers that imports installed).
+  In a multi-host run only process 0 logs progress; the others log warnings and errors."""
+  import jax
+  level = logging.INFO if jax.process_index() == 0 else logging.WARNING
+  logging.basicConfig(level=level, format="%(asctime)s %(levelname).1s %(message)s",
                       datefmt="%H:%M:%S", stream=sys.stdout, force=True)
   for noisy in ("absl", "jax", "orbax", "tensorflow", "tensorflow_datasets"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def distributed_args(dist, environ=None) -> dict:
+  """The arguments of ``jax.distributed.initialize`` for ``config.distributed``: each field set
+  in the config, else from the environment (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
+  ``JAX_PROCESS_ID``), else None, which lets JAX detect the cluster (SLURM, Cloud TPU, Open
+  MPI)."""
+  environ = os.environ if environ is None else environ
+
+  def number(name, value, unset):
+    if value != unset:
+      return value
+    text = environ.get(name, "")
+    try:
+      return int(text) if text else None
+    except ValueError:
+      raise config_lib.ConfigError(f"environment variable {name}={text!r} is not an integer")
+  return dict(
+      coordinator_address=dist.coordinator_address or environ.get("JAX_COORDINATOR_ADDRESS")
+      or None,
+      num_processes=number("JAX_NUM_PROCESSES", dist.num_processes, 0),
+      process_id=number("JAX_PROCESS_ID", dist.process_id, -1))
+
+
 def init_distributed(dist):
-  import jax
+  """Joins the other processes of a multi-host run (``distributed.enabled``)."""
   if dist.enabled:
-    jax.distributed.initialize(coordinator_address=dist.coordinator_address or None,
-                               num_processes=dist.num_processes or None,
-                               process_id=None if dist.process_id < 0 else dist.process_id)
+    import jax
+    jax.distributed.initialize(**distributed_args(dist))
 
 
 def main(argv=None):
@@ -61,7 +85,11 @@ def main(argv=None):
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     return 2
-  init_distributed(config.distributed)
+  try:
+    init_distributed(config.distributed)
+  except config_lib.ConfigError as e:
+    print(f"config error: {e}", file=sys.stderr)
+    return 2
   from mim_jax import train  # after jax.distributed: imports that touch devices come later
   setup_logging()
   train.train_and_evaluate(config, workdir)

@@ -16,6 +16,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -80,8 +81,12 @@ def decay_mask(params, exclude=()):
 
 
 def layer_decay_scales(layer_ids, num_layers: int, decay: float):
-  """Per-parameter lr multipliers ``decay ** (num_layers + 1 - layer_id)``."""
-  return jax.tree.map(lambda i: float(decay ** (num_layers + 1 - i)), layer_ids)
+  """Per-parameter lr multipliers ``decay ** (num_layers + 1 - layer_id)``; an array of ids
+  (scanned blocks) gives an array of multipliers."""
+  def scale(i):
+    s = np.power(float(decay), num_layers + 1 - np.asarray(i, np.float64))
+    return float(s) if s.ndim == 0 else s.astype(np.float32)
+  return jax.tree.map(scale, layer_ids)
 
 
 def scale_by_tree(scales) -> optax.GradientTransformation:

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from mim_jax import checkpoint as ckpt_lib
+from mim_jax.models import layout
 from mim_jax.models.encoders import matches
 
 log = logging.getLogger("mim_jax")
@@ -105,12 +106,15 @@ def restore_into(params, spec, workdir: str, step: int = -1):
   step, saved = read_params(workdir, step)
   source = f"{workdir} step {step}"
   if "head" in saved and "head" in params:
+    saved = layout.to_layout_of(saved, params)
     ckpt_lib.check_compatible(saved, params, source)
     return step, jax.tree.map(lambda s, p: np.asarray(s, p.dtype), saved, params), "classifier"
   if "encoder" not in saved:
     raise ckpt_lib.CheckpointMismatchError(
         f"checkpoint {source} has no 'encoder' parameters (top level: {sorted(saved)})")
   params = dict(params)
-  params["encoder"] = adapt_encoder(saved["encoder"], params["encoder"], spec,
-                                    f"{source} (encoder)")
+  # Adapted in the unrolled layout (the rules name block_i), then put in the model's.
+  encoder = adapt_encoder(layout.unstack_blocks(saved["encoder"]),
+                          layout.unstack_blocks(params["encoder"]), spec, f"{source} (encoder)")
+  params["encoder"] = layout.to_layout_of(encoder, params["encoder"])
   return step, params, "encoder"

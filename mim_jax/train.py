@@ -19,12 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from mim_jax import checkpoint as ckpt_lib
 from mim_jax import config as config_lib
-from mim_jax import data, evaluators, methods, optim, visualize
+from mim_jax import data, evaluators, methods, optim, pretrained, sharding, visualize
 from mim_jax.metrics import MetricLogger, format_duration, progress_line
+from mim_jax.models import layout
 from mim_jax.rng import stream_key
 
 log = logging.getLogger("mim_jax")
@@ -35,11 +36,11 @@ class NonFiniteLossError(FloatingPointError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Mesh: one 'data' axis over every device of every host; batches split over it, params replicated.
+# Mesh: 'data' x 'fsdp' over every device of every host; batches split over both, the state
+# replicated or sharded over 'fsdp' by config.mesh's rules (mim_jax/sharding.py).
 # ---------------------------------------------------------------------------------------------
-def make_mesh(devices=None) -> Mesh:
-  devices = np.asarray(jax.devices() if devices is None else devices)
-  return Mesh(devices.reshape(-1), ("data",))
+def make_mesh(devices=None, fsdp: int = 1) -> Mesh:
+  return sharding.make_mesh(fsdp, devices)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,10 +127,12 @@ def make_train_step(method, tx, schedule, base_key, ema_decay: float = 0.0, stag
   return train_step
 
 
-def jit_train_step(train_step, mesh):
-  replicated, batched = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  return jax.jit(train_step, in_shardings=(replicated, batched),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+def jit_train_step(train_step, mesh, state_sharding=None):
+  """The jitted step; the state keeps ``state_sharding`` (default: replicated)."""
+  replicated, batched = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  state_sharding = replicated if state_sharding is None else state_sharding
+  return jax.jit(train_step, in_shardings=(state_sharding, batched),
+                 out_shardings=(state_sharding, replicated), donate_argnums=0)
 
 
 class _Preemption:
@@ -155,8 +158,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:  # an evaluation of an existing workdir keeps its config.json
     config_lib.save(config, workdir, "eval_config.json" if config.eval_only else "config.json")
-  mesh = make_mesh()
-  replicated, batched = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  mesh = make_mesh(fsdp=config.mesh.fsdp)
+  replicated, batched = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   if config.batch_size % jax.device_count():
     raise ValueError(f"batch_size {config.batch_size} does not divide over "
                      f"{jax.device_count()} devices")
@@ -191,11 +194,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   else:
     tx = optimizer_for(config, method, schedule, abstract_params)
   init = state_initializer(method, tx, base_key, ema=config.ema_decay > 0)
-  abstract_state = ckpt_lib.abstract(jax.eval_shape(init), replicated)
+  shapes = jax.eval_shape(init)
+  state_sharding = sharding.state_shardings(shapes, mesh, config.mesh)
+  abstract_state = ckpt_lib.abstract_sharded(shapes, state_sharding)
   n_params = sum(x.size for x in jax.tree.leaves(abstract_state["params"]))
-  log.info("%s on %s (%d examples, %d classes): %s parameters, %d steps of %d images, %d devices",
-           config.method, config.dataset, info.num_examples, info.num_classes,
-           f"{n_params:,}", total_steps, step_images, jax.device_count())
+  log.info("%s on %s (%d examples, %d classes): %s parameters, %d steps of %d images, "
+           "%d devices on %d hosts, mesh %s", config.method, config.dataset, info.num_examples,
+           info.num_classes, f"{n_params:,}", total_steps, step_images, jax.device_count(),
+           jax.process_count(), dict(mesh.shape))
+  if mesh.shape["fsdp"] > 1:
+    log.info("fsdp: %.1f%% of the state's elements sharded over %d devices",
+             100 * sharding.sharded_fraction(state_sharding, shapes), mesh.shape["fsdp"])
   if len(streams) > 1:
     log.info("training streams: %s", ", ".join(f"{name} {split} ({size} per step)"
                                                  for name, (split, size) in streams.items()))
@@ -205,15 +214,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   start = ckpt.latest_step()
   if start is not None:
     state = ckpt.restore(start, abstract_state, optimizer=not config.eval_only)
-    state.setdefault("opt_state", jax.jit(tx.init)(state["params"]))
+    if "opt_state" not in state:
+      state["opt_state"] = jax.jit(tx.init, out_shardings=state_sharding["opt_state"])(
+          state["params"])
     state["step"] = jax.device_put(jnp.asarray(start, jnp.int32), replicated)
     state.setdefault("extra", {})
     log.info("resumed from %s at step %d", ckpt.directory, start)
   else:
     start = 0
-    state = jax.jit(init, out_shardings=replicated)()
+    state = jax.jit(init, out_shardings=state_sharding)()
     if config.init_from:
-      state = _initialize_from(config, method, state, abstract_state, replicated)
+      state = _initialize_from(config, method, state, abstract_state, state_sharding)
 
   writer = MetricLogger(workdir)
   evals = evaluators.build(config, method, mesh, info.num_classes)
@@ -249,7 +260,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     stage = method.stage(step) if hasattr(method, "stage") else None
     if stage not in step_fns:
       step_fns[stage] = jit_train_step(
-          make_train_step(method, tx, schedule, base_key, config.ema_decay, stage), mesh)
+          make_train_step(method, tx, schedule, base_key, config.ema_decay, stage), mesh,
+          state_sharding)
     return step_fns[stage]
 
   # Hooks run before the step they are due at (AMT's attention refresh).
@@ -377,19 +389,26 @@ def train_and_evaluate(config, workdir: str) -> dict:
   return results
 
 
-def _initialize_from(config, method, state, abstract_state, sharding):
+def _initialize_from(config, method, state, abstract_state, shardings):
   """Puts the weights of ``config.init_from``'s checkpoint into a freshly initialized state."""
   if hasattr(method, "load_pretrained"):
-    params, extra = jax.device_get((state["params"], state["extra"]))
+    mesh = jax.tree.leaves(shardings)[0].mesh  # host copies: gather what fsdp shards first
+    params, extra = jax.device_get(jax.jit(lambda t: t, out_shardings=sharding.replicated(mesh))(
+        (state["params"], state["extra"])))
     step, params, extra, what = method.load_pretrained(params, extra, config.init_from,
                                                        config.init_step)
     if "ema_params" in extra:  # the EMA starts from the restored weights
       extra["ema_params"] = params
-    state["params"] = jax.device_put(params, sharding)
-    state["extra"] = jax.device_put(extra, sharding)
-  else:
-    step, state["params"] = ckpt_lib.load_params(
-        config.init_from, abstract_state["params"], config.init_step)
+    state["params"] = jax.device_put(params, shardings["params"])
+    state["extra"] = jax.device_put(extra, shardings["extra"])
+  else:  # the same model, maybe in the other block layout (model.scan_blocks)
+    step, saved = pretrained.read_params(config.init_from, config.init_step)
+    saved = layout.to_layout_of(saved, abstract_state["params"])
+    ckpt_lib.check_compatible(saved, abstract_state["params"],
+                              f"{config.init_from} step {step}")
+    state["params"] = jax.device_put(
+        jax.tree.map(lambda s, a: np.asarray(s, a.dtype), saved, abstract_state["params"]),
+        shardings["params"])
     what = "parameters"
   log.info("%s initialized from %s step %d", what, config.init_from, step)
   return state

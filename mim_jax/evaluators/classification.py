@@ -8,9 +8,8 @@ the weights (``ema_decay`` > 0) the EMA weights are scored too (``.../ema_top1``
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mim_jax import data
+from mim_jax import data, sharding
 
 
 class ClassifierEvaluator:
@@ -22,7 +21,7 @@ class ClassifierEvaluator:
     if self.eval.batch_size % jax.device_count():
       raise ValueError(f"eval.batch_size {self.eval.batch_size} must divide over "
                        f"{jax.device_count()} devices")
-    self.batch_sharding = NamedSharding(mesh, P("data"))
+    self.batch_sharding = sharding.batch_sharding(mesh)
 
     def counts(params, extra, batch):
       logits = method.logits(params, extra, batch["image"])
@@ -32,7 +31,7 @@ class ClassifierEvaluator:
       nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]
       return jnp.stack([jnp.sum((top5[:, 0] == labels) * valid), jnp.sum(hit5 * valid),
                         jnp.sum(nll * valid), jnp.sum(valid)])
-    self._counts = jax.jit(counts, out_shardings=NamedSharding(mesh, P()))
+    self._counts = jax.jit(counts, out_shardings=sharding.replicated(mesh))
 
   def _score(self, params, extra):
     it = data.eval_iterator(self.config.data, self.config.dataset, self.eval.split,

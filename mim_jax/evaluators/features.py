@@ -7,9 +7,8 @@ replicated, so every host ends with the same [N, D] array (padding removed).
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mim_jax import data
+from mim_jax import data, sharding
 
 
 class FeatureExtractor:
@@ -20,9 +19,9 @@ class FeatureExtractor:
       raise ValueError(f"evaluator batch_size {batch_size} must divide over "
                        f"{jax.device_count()} devices")
     self.config, self.batch_size = config, batch_size
-    self.batch_sharding = NamedSharding(mesh, P("data"))
+    self.batch_sharding = sharding.batch_sharding(mesh)
     self._features = jax.jit(lambda params, images: method.features(params, images, pool),
-                             out_shardings=NamedSharding(mesh, P()))
+                             out_shardings=sharding.replicated(mesh))
 
   def __call__(self, params, split: str, max_examples: int = 0):
     it = data.eval_iterator(self.config.data, self.config.dataset, split,

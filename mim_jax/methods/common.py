@@ -4,6 +4,7 @@ another run's checkpoint (``mim_jax.pretrained``)."""
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mim_jax import pretrained
 from mim_jax.methods.mae import compute_dtype
@@ -35,9 +36,12 @@ class EncoderProtocol:
     the MAE rule; hierarchical: num_layers, the MixMIM rule)."""
     top = self.encoder.top_layer_id
 
-    def layer_id(path, _):
+    def layer_id(path, leaf):
       keys = tuple(getattr(k, "key", str(k)) for k in path)
-      return self.encoder.layer_id(keys[1:]) if keys[0] == "encoder" else top
+      ids = self.encoder.layer_id(keys[1:]) if keys[0] == "encoder" else top
+      if np.ndim(ids):  # scanned blocks: one id per slice of the leading axis
+        ids = np.reshape(ids, (-1,) + (1,) * (len(leaf.shape) - 1))
+      return ids
     return jax.tree_util.tree_map_with_path(layer_id, params), self.encoder.num_layers
 
   def load_pretrained(self, params, extra, workdir: str, step: int = -1):

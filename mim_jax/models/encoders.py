@@ -17,6 +17,7 @@ from typing import Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from mim_jax.models import hierarchical
 from mim_jax.models.mae import ViTEncoder
@@ -37,6 +38,9 @@ def encoder_config() -> dict:
       qkv_bias="qkv",       # qkv | qv (q and v biases only) | none
       init="mae",           # mae (xavier uniform) | beit (trunc-normal 0.02, 1/sqrt(2i) rescale)
       stage_depths=(), stage_heads=(), window_sizes=(), patch_size=0,  # hierarchical overrides
+      # vit memory options (mim_jax/models/vit.py Transformer): encoder and MAE decoder
+      remat="none",         # none | block (recompute each block backward) | dots (keep matmuls)
+      scan_blocks=False,    # nn.scan over the blocks (parameters stacked under 'blocks')
   )
 
 
@@ -76,8 +80,10 @@ class EncoderSpec:
       raise ValueError(f"[CLS] attention maps need a ViT encoder, not {self.family!r}")
     _, state = self.module.apply({"params": params}, self.inputs(images),
                                  mutable=["intermediates"])
-    block = state["intermediates"]["transformer"][f"block_{self.num_layers - 1}"]
-    return block["attn"]["cls_attention"][0]
+    blocks = state["intermediates"]["transformer"]
+    if "blocks" in blocks:  # scanned: [depth, B, heads, T], the last block's at -1
+      return blocks["blocks"]["attn"]["cls_attention"][0][-1]
+    return blocks[f"block_{self.num_layers - 1}"]["attn"]["cls_attention"][0]
 
   def pool(self, tokens, pool: str):
     """[B, T, D] -> [B, D]: the [CLS] token (ViT) or the mean of the patch tokens."""
@@ -90,11 +96,15 @@ class EncoderSpec:
 
 
 def _vit_layer_id(depth):
+  """Layer id of an encoder parameter path: 0 for the embeddings, i + 1 for block i (scanned
+  blocks: the ids [1..depth] along their leading axis), depth + 1 above."""
   def layer_id(path):
     if path[0] in ("cls_token", "pos_embed", "patch_embed"):
       return 0
     if path[0] == "transformer" and path[1].startswith("block_"):
       return int(path[1].split("_")[1]) + 1
+    if path[0] == "transformer" and path[1] == "blocks":
+      return np.arange(1, depth + 1)
     return depth + 1
   return layer_id
 
@@ -118,7 +128,8 @@ def build(m, image_size: int, *, dtype=jnp.float32, drop_path_rate: float = 0.0,
     module = ViTEncoder(width, depth, m.heads or size.heads, (side, side), mlp_ratio=m.mlp_ratio,
                         learnable_pos=learnable_pos, final_norm=final_norm,
                         drop_path_rate=drop_path_rate, pos_embed=m.pos_embed,
-                        rel_pos=m.rel_pos, options=options, dtype=dtype)
+                        rel_pos=m.rel_pos, options=options, dtype=dtype, remat=m.remat,
+                        scan=m.scan_blocks)
     return EncoderSpec(module, "vit", width, patch, depth, _vit_layer_id(depth), depth + 1,
                        ("cls", "avg"),
                        pretrain_only=(r"^transformer/norm/", r"^mask_token$"),
@@ -127,6 +138,9 @@ def build(m, image_size: int, *, dtype=jnp.float32, drop_path_rate: float = 0.0,
                        copied_from=((r"^transformer/block_\d+/attn/rel_pos_bias/table$",
                                      "rel_pos_bias/table"),))
   if family == "hierarchical":
+    if m.remat != "none" or m.scan_blocks:
+      raise ValueError("model.remat and model.scan_blocks apply to the ViT encoder, not to the "
+                       "hierarchical one")
     size = hierarchical.parse_hier_variant(m.variant)
     depths = tuple(m.stage_depths) or size.depths
     heads = tuple(m.stage_heads) or size.heads

@@ -54,6 +54,8 @@ class ViTEncoder(nn.Module):
   rel_pos: str = "none"
   options: BlockOptions = BlockOptions()
   dtype: Any = jnp.float32
+  remat: str = "none"             # Transformer's memory options
+  scan: bool = False
 
   def _position_table(self):
     shape = (1, 1 + self.grid[0] * self.grid[1], self.width)
@@ -109,8 +111,8 @@ class ViTEncoder(nn.Module):
     if self.rel_pos == "per_block":
       options = dataclasses.replace(options, rel_pos_grid=tuple(self.grid))
     return Transformer(self.depth, self.heads, self.mlp_ratio, self.drop_path_rate,
-                       self.final_norm, options, dtype=self.dtype, name="transformer")(
-                           x, deterministic, bias, token_ids)
+                       self.final_norm, options, dtype=self.dtype, remat=self.remat,
+                       scan=self.scan, name="transformer")(x, deterministic, bias, token_ids)
 
   def embed(self, patches):
     """Patch embeddings plus position embeddings [B, L, width] of all patches (no [CLS], no
@@ -134,6 +136,8 @@ class MAEDecoder(nn.Module):
   patch_dim: int  # p * p * C
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
+  remat: str = "none"
+  scan: bool = False
 
   @nn.compact
   def __call__(self, latent, ids_restore, ids_decode=None):
@@ -147,8 +151,8 @@ class MAEDecoder(nn.Module):
     x = x + jnp.asarray(sincos_2d(self.width, *self.grid, cls_token=True), x.dtype)[None]
     if ids_decode is not None:
       x = jnp.concatenate([x[:, :1], _gather_tokens(x[:, 1:], ids_decode)], axis=1)
-    x = Transformer(self.depth, self.heads, self.mlp_ratio, dtype=self.dtype,
-                    name="transformer")(x)
+    x = Transformer(self.depth, self.heads, self.mlp_ratio, dtype=self.dtype, remat=self.remat,
+                    scan=self.scan, name="transformer")(x)
     x = nn.Dense(self.patch_dim, kernel_init=xavier_uniform, dtype=self.dtype, name="pred")(x)
     return x[:, 1:]
 

@@ -51,13 +51,15 @@ def scaled(init, factor: float):
   return scaled_init
 
 
-def dense_init(style: str, out_scale: float = 1.0):
+def dense_init(style: str, out_scale=1.0):
   """Kernel initializer of the linear layers: 'mae' (xavier uniform) or 'beit' (trunc-normal
-  0.02); ``out_scale`` multiplies it (BEiT's 1 / sqrt(2 i) on the branch outputs)."""
+  0.02); ``out_scale`` multiplies it (BEiT's 1 / sqrt(2 i) on the branch outputs; a traced value
+  inside a scan over the blocks)."""
   if style == "mae":
     return xavier_uniform
   if style == "beit":
-    return scaled(trunc_normal(0.02), out_scale) if out_scale != 1.0 else trunc_normal(0.02)
+    plain = isinstance(out_scale, (int, float)) and out_scale == 1.0
+    return trunc_normal(0.02) if plain else scaled(trunc_normal(0.02), out_scale)
   raise ValueError(f"init must be 'mae' or 'beit', got {style!r}")
 
 
@@ -157,15 +159,18 @@ class Attention(nn.Module):
       bias = own if bias is None else bias + own
     qkv = qkv.reshape(b, t, 3, self.num_heads, d // self.num_heads)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    if bias is not None:
-      bias = bias.astype(q.dtype)
+    if bias is not None:  # relative positions, MixMIM's isolation: added to float32 logits
+      bias = bias.astype(jnp.float32)
     if self.is_mutable_collection("intermediates"):
       logits = jnp.einsum("bhd,bkhd->bhk", q[:, 0].astype(jnp.float32), k.astype(jnp.float32))
       logits = logits / np.sqrt(d // self.num_heads)
       if bias is not None:
         logits = logits + bias[:, :, 0].astype(jnp.float32)
       self.sow("intermediates", "cls_attention", jax.nn.softmax(logits, axis=-1))
-    out = jax.nn.dot_product_attention(q, k, v, bias=bias)
+    # Logits and softmax in float32 whatever the compute dtype (the XLA implementation; a fused
+    # kernel, where the backend has one, only without a bias, whose dtype would have to be q's).
+    out = jax.nn.dot_product_attention(q, k, v, bias=bias,
+                                       implementation=None if bias is None else "xla")
     out = out.reshape(b, t, d)
     return nn.Dense(d, kernel_init=dense_init(self.init, self.out_scale), dtype=self.dtype,
                     name="proj")(out)
@@ -187,13 +192,13 @@ class Mlp(nn.Module):
 
 
 class DropPath(nn.Module):
-  """Stochastic depth: zeroes a residual branch per example with probability ``rate`` and
-  scales the kept ones by 1 / (1 - rate)."""
-  rate: float
+  """Stochastic depth: zeroes a residual branch per example with probability ``rate`` (a float,
+  or a traced value inside a scan over the blocks) and scales the kept ones by 1 / (1 - rate)."""
+  rate: Any
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True):
-    if deterministic or self.rate == 0.0:
+    if deterministic or (isinstance(self.rate, (int, float)) and self.rate == 0.0):
       return x
     keep = jax.random.bernoulli(self.make_rng("drop_path"), 1.0 - self.rate,
                                 (x.shape[0],) + (1,) * (x.ndim - 1))
@@ -210,6 +215,8 @@ class BlockOptions:
 
 
 class Block(nn.Module):
+  """One pre-norm block. ``layer`` = (drop-path rate, 1-based layer index), when given, replaces
+  the attributes ``drop_path`` / ``layer_index`` (traced per-block values of a scan)."""
   num_heads: int
   mlp_ratio: float = 4.0
   drop_path: float = 0.0
@@ -218,11 +225,14 @@ class Block(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, deterministic: bool = True, bias=None, token_ids=None):
+  def __call__(self, x, deterministic: bool = True, bias=None, token_ids=None, layer=None):
     d = x.shape[-1]
     o = self.options
-    out_scale = 1.0 / np.sqrt(2.0 * self.layer_index) if o.init == "beit" else 1.0
-    drop = DropPath(self.drop_path)
+    rate, index = (self.drop_path, self.layer_index) if layer is None else layer
+    out_scale = 1.0
+    if o.init == "beit":
+      out_scale = 1.0 / (np.sqrt(2.0 * index) if layer is None else jnp.sqrt(2.0 * index))
+    drop = DropPath(rate)
 
     def gain(name, y):
       if o.layer_scale <= 0:
@@ -272,10 +282,37 @@ class PatchEmbed(nn.Module):
                     dtype=self.dtype, name="proj")(patches)
 
 
+REMAT_POLICIES = ("none", "block", "dots")
+
+
+def remat_policy(name: str):
+  """What a rematerialized block keeps for the backward pass: 'block' nothing (the whole block is
+  recomputed), 'dots' its matmul outputs (the rest recomputed)."""
+  if name == "block":
+    return jax.checkpoint_policies.nothing_saveable
+  if name == "dots":
+    return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+  raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {name!r}")
+
+
+class _ScanStep(Block):
+  """A block as one step of ``nn.scan``: (x, layer) -> (x, None)."""
+
+  def __call__(self, x, layer, deterministic=True, bias=None, token_ids=None):
+    return super().__call__(x, deterministic, bias, token_ids, layer=layer), None
+
+
 class Transformer(nn.Module):
   """A stack of ``depth`` blocks followed by a final LayerNorm (left out with
   ``final_norm=False``, as fine-tuning with average pooling does). ``bias`` / ``token_ids`` reach
-  every block's attention (a shared relative position bias; the ids of the tokens present)."""
+  every block's attention (a shared relative position bias; the ids of the tokens present).
+
+  Memory options: ``remat`` ('none', 'block', 'dots': ``remat_policy``) recomputes each block in
+  the backward pass instead of keeping its activations; ``scan`` runs the blocks as one
+  ``nn.scan`` (one block compiled once: faster compiles for deep models), their parameters
+  stacked under ``blocks`` with a leading [depth] axis instead of ``block_0`` ...
+  (``mim_jax.models.layout`` converts between the two).
+  """
   depth: int
   num_heads: int
   mlp_ratio: float = 4.0
@@ -283,12 +320,30 @@ class Transformer(nn.Module):
   final_norm: bool = True
   options: BlockOptions = BlockOptions()
   dtype: Any = jnp.float32
+  remat: str = "none"
+  scan: bool = False
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True, bias=None, token_ids=None):
-    for i, rate in enumerate(drop_path_rates(self.drop_path_rate, self.depth)):
-      x = Block(self.num_heads, self.mlp_ratio, rate, self.options, layer_index=i + 1,
-                dtype=self.dtype, name=f"block_{i}")(x, deterministic, bias, token_ids)
+    rates = drop_path_rates(self.drop_path_rate, self.depth)
+    if self.scan:
+      step = _ScanStep
+      if self.remat != "none":
+        step = nn.remat(step, policy=remat_policy(self.remat), static_argnums=(3,))
+      stack = nn.scan(step, variable_axes={"params": 0, "intermediates": 0},
+                      split_rngs={"params": True, "drop_path": True},
+                      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=self.depth)
+      layers = (jnp.asarray(rates, jnp.float32),
+                jnp.arange(1, self.depth + 1, dtype=jnp.float32))
+      x, _ = stack(self.num_heads, self.mlp_ratio, 0.0, self.options, dtype=self.dtype,
+                   name="blocks")(x, layers, deterministic, bias, token_ids)
+    else:
+      block = Block
+      if self.remat != "none":
+        block = nn.remat(Block, policy=remat_policy(self.remat), static_argnums=(2,))
+      for i, rate in enumerate(rates):
+        x = block(self.num_heads, self.mlp_ratio, rate, self.options, layer_index=i + 1,
+                  dtype=self.dtype, name=f"block_{i}")(x, deterministic, bias, token_ids)
     if self.final_norm:
       x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm")(x)
     return x
