@@ -391,3 +391,16 @@ def peak_rss(since_reset: bool = False):
   import resource
   return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
           "ru_maxrss (process peak RSS, host memory)")
+
+
+def xla_memory(compiled) -> dict:
+  """XLA's memory analysis of a compiled program, per device: ``temp_bytes`` (its working
+  buffers), ``argument_bytes`` and ``total_bytes`` (arguments + outputs + temps - aliased, the
+  peak the program needs); {} where the backend gives none."""
+  m = compiled.memory_analysis()
+  if m is None:
+    return {}
+  total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+           - m.alias_size_in_bytes)
+  return {"temp_bytes": int(m.temp_size_in_bytes),
+          "argument_bytes": int(m.argument_size_in_bytes), "total_bytes": int(total)}

@@ -33,13 +33,12 @@ import time
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from benchmarks import (INSTALL_HINT, WORKLOADS, Workload, peak_flops, peak_rss,
                         reset_peak_rss, select)
 from benchmarks.torch_peer import serve
 from mim_jax import config as config_lib
-from mim_jax import data, methods, optim, train
+from mim_jax import data, methods, optim, sharding, train
 from mim_jax.models.hierarchical import parse_hier_variant
 from mim_jax.models.vit import parse_variant
 
@@ -50,8 +49,10 @@ COMPARE_DEFAULT = ["base224", "mixmim_b224"]   # --compare without --workload
 # ---------------------------------------------------------------------------------------------
 # The JAX side.
 # ---------------------------------------------------------------------------------------------
-def make_config(w: Workload, dtype: str = "float32", batch_size: int = 0, masking="random"):
-  """mim_jax's config of the workload, from ``base_config(w.method)`` like a real run."""
+def make_config(w: Workload, dtype: str = "float32", batch_size: int = 0, masking="random",
+                overrides=None):
+  """mim_jax's config of the workload, from ``base_config(w.method)`` like a real run, with
+  ``overrides`` ({dotted key: value}, e.g. ``{"model.remat": "block"}``) applied last."""
   if w.method == "mixmim":
     if masking != "random":
       raise ValueError(f"workload {w.name}: masking {masking!r} is MAE's (AMT); MixMIM draws "
@@ -82,6 +83,8 @@ def make_config(w: Workload, dtype: str = "float32", batch_size: int = 0, maskin
       w.decoder_width, w.decoder_depth, w.decoder_heads)
   m.mask_ratio = w.mask_ratio
   m.norm_pix_loss = True
+  for key, value in (overrides or {}).items():
+    config_lib.override(c, key, str(value))
   config_lib.validate(c)
   return c
 
@@ -119,11 +122,11 @@ class JaxStep:
   """
 
   def __init__(self, w: Workload, dtype="float32", batch_size=0, devices=None, seed=0,
-               masking="random"):
+               masking="random", overrides=None):
     self.workload = w
-    self.config = config = make_config(w, dtype, batch_size, masking)
+    self.config = config = make_config(w, dtype, batch_size, masking, overrides)
     self.batch_size = config.batch_size
-    self.mesh = mesh = train.make_mesh(devices)
+    self.mesh = mesh = train.make_mesh(devices, fsdp=config.mesh.fsdp)
     self.devices = mesh.devices.size
     if self.batch_size % self.devices:
       raise ValueError(f"batch_size {self.batch_size} does not divide over "
@@ -138,7 +141,8 @@ class JaxStep:
     tx = optim.make_optimizer(config.optimizer, schedule)
     base_key = jax.random.key(config.seed + seed)
     init = train.state_initializer(method, tx, base_key)
-    self.state = jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
+    shardings = sharding.state_shardings(jax.eval_shape(init), mesh, config.mesh)
+    self.state = jax.jit(init, out_shardings=shardings)()
     self.params = sum(int(x.size) for x in jax.tree.leaves(self.state["params"]))
     images = np.random.default_rng(seed).standard_normal(
         (self.batch_size, w.image_size, w.image_size, w.channels), dtype=np.float32)
@@ -148,10 +152,10 @@ class JaxStep:
       batch["id"] = np.arange(self.batch_size, dtype=np.int32)
       self.state["extra"]["amt_cache"] = jax.device_put(
           rng.uniform(size=self.state["extra"]["amt_cache"].shape).astype(np.float16),
-          NamedSharding(mesh, P()))
-    self.batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
+          sharding.replicated(mesh))
+    self.batch = jax.device_put(batch, sharding.batch_sharding(mesh))
     step = train.jit_train_step(train.make_train_step(method, tx, schedule, base_key,
-                                                      stage=stage), mesh)
+                                                      stage=stage), mesh, shardings)
     t0 = time.perf_counter()
     self.compiled = step.lower(self.state, self.batch).compile()
     self.compile_s = time.perf_counter() - t0

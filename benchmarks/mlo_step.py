@@ -30,11 +30,11 @@ import time
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
+from benchmarks import xla_memory
 from benchmarks.mae_step import JaxStep
 from mim_jax import config as config_lib
-from mim_jax import methods, optim, train
+from mim_jax import methods, optim, sharding, train
 from mim_jax.methods.mlo_mae import HYPERGRADS
 
 
@@ -64,8 +64,8 @@ class Step:
   def __init__(self, name, method, tx, c, batch, mesh, key):
     self.name = name
     init = train.state_initializer(method, tx, key)
-    self.state = jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
-    self.batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
+    self.state = jax.jit(init, out_shardings=sharding.replicated(mesh))()
+    self.batch = jax.device_put(batch, sharding.batch_sharding(mesh))
     step = train.jit_train_step(train.make_train_step(method, tx, optim.warmup_cosine(
         1e-4, 0, 1000), key), mesh)
     t0 = time.perf_counter()
@@ -76,12 +76,7 @@ class Step:
   run = JaxStep.run   # the same timing loop: seconds of each step, until its outputs are ready
 
   def memory(self) -> dict:
-    m = self.compiled.memory_analysis()
-    if m is None:
-      return {}
-    total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-             - m.alias_size_in_bytes)
-    return {"temp_bytes": int(m.temp_size_in_bytes), "total_bytes": int(total)}
+    return xla_memory(self.compiled)
 
 
 def mlo_step(c, mode: str, steps: int, remat: bool, mesh, key):

@@ -224,7 +224,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     start = 0
     state = jax.jit(init, out_shardings=state_sharding)()
     if config.init_from:
-      state = _initialize_from(config, method, state, abstract_state, state_sharding)
+      state = _initialize_from(config, method, state, abstract_state, state_sharding, mesh)
 
   writer = MetricLogger(workdir)
   evals = evaluators.build(config, method, mesh, info.num_classes)
@@ -389,10 +389,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   return results
 
 
-def _initialize_from(config, method, state, abstract_state, shardings):
+def _initialize_from(config, method, state, abstract_state, shardings, mesh):
   """Puts the weights of ``config.init_from``'s checkpoint into a freshly initialized state."""
-  if hasattr(method, "load_pretrained"):
-    mesh = jax.tree.leaves(shardings)[0].mesh  # host copies: gather what fsdp shards first
+  if hasattr(method, "load_pretrained"):  # on host copies: gather what fsdp shards first
     params, extra = jax.device_get(jax.jit(lambda t: t, out_shardings=sharding.replicated(mesh))(
         (state["params"], state["extra"])))
     step, params, extra, what = method.load_pretrained(params, extra, config.init_from,
