@@ -45,8 +45,10 @@ ITEMS = ("params", "opt_state", "extra")
 
 
 def _items(state):
-  """The items of ``state`` that are saved: ``extra`` only when it holds something."""
-  return [n for n in ITEMS if n != "extra" or jax.tree.leaves(state.get("extra", {}))]
+  """The items of ``state`` that are saved: those it has, ``extra`` only when it holds something
+  (a converted checkpoint, ``mim_jax.convert``, has ``params`` alone)."""
+  return [n for n in ITEMS
+          if n in state and (n != "extra" or jax.tree.leaves(state["extra"]))]
 
 
 class Checkpointer:

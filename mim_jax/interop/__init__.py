@@ -1,0 +1,7 @@
+"""Weight interop with the PyTorch world (``python -m mim_jax.convert``).
+
+``names``: tensor names and layouts of mim_jax, timm / official MAE and HF transformers ViT /
+ViTMAE; ``files``: reading .pth / .bin / .safetensors, writing safetensors and HF config.json.
+"""
+
+from mim_jax.interop.names import ConversionError  # noqa: F401
