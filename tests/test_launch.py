@@ -127,9 +127,10 @@ def test_local_runs_the_printed_command(recorder):
                       "runs/mae", OVERRIDE]]
 
 
+@pytest.mark.parametrize("script", ["launch/local.sh", "launch/slurm.sbatch"])
 @pytest.mark.parametrize("args", [(), (CONFIG,), ("--dry-run",), ("--dry-run", CONFIG)])
-def test_local_usage_error(args):
-  r = bash("launch/local.sh", *args)
+def test_usage_error_without_config_and_workdir(script, args):
+  r = bash(script, *args)
   assert r.returncode == 2
   assert r.stdout == ""
   assert "usage:" in r.stderr
@@ -178,14 +179,6 @@ def test_slurm_refuses_to_run_outside_a_job(recorder):
   assert r.returncode == 2
   assert "sbatch" in r.stderr
   assert calls() == []
-
-
-@pytest.mark.parametrize("args", [(), (CONFIG,), ("--dry-run",), ("--dry-run", CONFIG)])
-def test_slurm_usage_error(args):
-  r = bash("launch/slurm.sbatch", *args)
-  assert r.returncode == 2
-  assert r.stdout == ""
-  assert "usage:" in r.stderr
 
 
 # --- launch/tpu_vm.sh ----------------------------------------------------------------------------
