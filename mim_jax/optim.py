@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mim_jax.models import layout
+
 
 def learning_rate(blr: float, batch_size: int) -> float:
   """MAE's linear scaling rule: lr = blr * batch / 256."""
@@ -73,11 +75,13 @@ def decay_mask(params, exclude=()):
   the ``exclude`` regexes (searched in the 'a/b/c' path).
 
   MAE pre-training: biases and LayerNorm parameters (1-D) are not decayed; [CLS] / [MASK] tokens
-  (1x1xD) are. Fine-tuning adds ``pos_embed`` and ``cls_token`` to ``exclude``.
+  (1x1xD) are. Fine-tuning adds ``pos_embed`` and ``cls_token`` to ``exclude``. A block's
+  parameter stacked by ``model.scan_blocks`` counts without its leading [depth] axis.
   """
   patterns = [re.compile(p) for p in exclude]
-  return jax.tree.map(lambda p, name: p.ndim > 1 and not any(r.search(name) for r in patterns),
-                      params, path_names(params))
+  return jax.tree.map(
+      lambda p, name: layout.block_ndim(name, p.ndim) > 1 and not any(
+          r.search(name) for r in patterns), params, path_names(params))
 
 
 def layer_decay_scales(layer_ids, num_layers: int, decay: float):

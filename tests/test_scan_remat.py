@@ -133,6 +133,14 @@ def test_unrolled_checkpoint_into_scanned_finetune_with_layer_decay(tmp_path):
   assert qkv.shape == (3, 1, 1)
   np.testing.assert_allclose(qkv[:, 0, 0], 0.5 ** (4 - np.arange(1, 4)))
   assert scales["encoder"]["cls_token"] == 0.5 ** 4 and scales["head"]["kernel"] == 1.0
+  # Weight decay counts a stacked parameter's dimensions per block: biases and norms stay out.
+  mask = optim.decay_mask(params, c.optimizer.wd_exclude)
+  unrolled = optim.decay_mask(layout.unstack_blocks(params), c.optimizer.wd_exclude)
+  blocks = mask["encoder"]["transformer"]["blocks"]
+  assert not blocks["norm1"]["scale"] and not blocks["attn"]["qkv"]["bias"]
+  assert blocks["attn"]["qkv"]["kernel"] and blocks["mlp"]["fc2"]["kernel"]
+  jax.tree.map(lambda a, b: np.testing.assert_equal(a, b), blocks,
+               unrolled["encoder"]["transformer"]["block_1"])
 
 
 def test_attention_maps_of_a_scanned_encoder():

@@ -12,6 +12,7 @@ import re
 import numpy as np
 
 BLOCK = re.compile(r"^block_(\d+)$")
+SCANNED_PATH = re.compile(r"(^|/)transformer/blocks/")
 
 
 def _is_unrolled(node) -> bool:
@@ -86,6 +87,12 @@ def is_scanned(params) -> bool:
   found = []
   _map_stacks(_as_dicts(params), lambda node: found.append(_is_scanned(node)) or node)
   return any(found)
+
+
+def block_ndim(name: str, ndim: int) -> int:
+  """The dimensions of one block's parameter at path ``name`` ('a/b/c') with ``ndim``
+  dimensions: one fewer under a scanned stack (``.../transformer/blocks/...``)."""
+  return ndim - 1 if SCANNED_PATH.search(name) else ndim
 
 
 def to_layout_of(saved, target):
