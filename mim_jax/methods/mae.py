@@ -54,7 +54,7 @@ class MAE(MaskedPretraining):
     decoder = mae_model.MAEDecoder(
         m.decoder_width, m.decoder_depth, m.decoder_heads, self.grid,
         self.patch_size ** 2 * channels, mlp_ratio=m.mlp_ratio, dtype=self.dtype, remat=m.remat,
-        scan=m.scan_blocks)
+        scan=m.scan_blocks, attention=m.attention)
     self.model = mae_model.MAE(self.encoder.module, decoder)
     self.config = config
     self.amt = amt.strategy(config, data_info, self.grid, self.patch_size, "floor")

@@ -65,7 +65,8 @@ class MixMIM(MaskedPretraining):
                        f"groups of at least 2 images (model.mask_groups; 0 = one per device): "
                        f"an image alone in its group would be mixed with itself")
     decoder = MixMIMDecoder(m.decoder_width, m.decoder_depth, m.decoder_heads, self.cell_grid,
-                            self.stride ** 2 * channels, mlp_ratio=m.mlp_ratio, dtype=self.dtype)
+                            self.stride ** 2 * channels, mlp_ratio=m.mlp_ratio, dtype=self.dtype,
+                            attention=m.attention)
     self.model = MixMIMModel(module, decoder)
 
   def init(self, rng):

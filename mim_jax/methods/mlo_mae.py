@@ -64,6 +64,23 @@ class LevelOptimizers:
     raise TypeError("MLO-MAE's levels are updated by MLOMAE.make_train_step, not by tx.update")
 
 
+# Hypergradients that differentiate through a gradient (unroll) or push tangents through the
+# model (jvp). cuDNN's fused attention has a custom VJP and no rule for either.
+SECOND_ORDER = ("jvp", "unroll")
+
+
+def xla_attention(config: ConfigDict) -> ConfigDict:
+  """``config`` with ``model.attention`` 'auto' resolved to 'xla' (a copy); an explicit 'cudnn'
+  is an error."""
+  if config.model.attention == "cudnn":
+    raise ValueError(f"mlo.hypergrad={config.mlo.hypergrad!r} differentiates through attention "
+                     f"twice, which cuDNN's fused kernel cannot: use model.attention='auto' or "
+                     f"'xla'")
+  config = config.copy_and_resolve_references()
+  config.model.attention = "xla"
+  return config
+
+
 class MLOMAE(MAE):
   rng_streams = ()  # the masks are learned; the head's dropout keys are drawn in the step
   progress_keys = ("loss_m", "hypergrad_norm", "mask_prob_gap")   # on each progress line
@@ -71,6 +88,8 @@ class MLOMAE(MAE):
   def __init__(self, config: ConfigDict, channels: int, num_classes: int = 0, data_info=None):
     if config.model.masking != "random":
       raise ValueError("MLO-MAE learns its masks: model.masking must stay 'random' (unused)")
+    if config.mlo.hypergrad in SECOND_ORDER:
+      config = xla_attention(config)
     super().__init__(config, channels, 0, data_info)
     if num_classes < 2:
       raise ValueError(f"MLO-MAE's upper levels classify: {config.dataset!r} has "

@@ -21,7 +21,7 @@ import numpy as np
 
 from mim_jax.models import hierarchical
 from mim_jax.models.mae import ViTEncoder
-from mim_jax.models.vit import BlockOptions, parse_variant
+from mim_jax.models.vit import ATTENTION_IMPLS, BlockOptions, parse_variant
 from mim_jax.patches import patchify
 
 
@@ -41,6 +41,9 @@ def encoder_config() -> dict:
       # vit memory options (mim_jax/models/vit.py Transformer): encoder and MAE decoder
       remat="none",         # none | block (recompute each block backward) | dots (keep matmuls)
       scan_blocks=False,    # nn.scan over the blocks (parameters stacked under 'blocks')
+      # attention kernel of the ViT encoder and the decoders: auto (cuDNN's fused kernel on a
+      # GPU in bfloat16 / float16 where no bias is added, else xla) | xla | cudnn
+      attention="auto",
   )
 
 
@@ -117,6 +120,8 @@ def build(m, image_size: int, *, dtype=jnp.float32, drop_path_rate: float = 0.0,
   position embedding as a parameter, no final LayerNorm under average pooling + fc_norm).
   """
   family = m.get("encoder", "vit")
+  if m.get("attention", "auto") not in ATTENTION_IMPLS:
+    raise ValueError(f"model.attention must be one of {ATTENTION_IMPLS}, got {m.attention!r}")
   if family == "vit":
     size, patch = parse_variant(m.variant)
     if image_size % patch:
@@ -124,7 +129,8 @@ def build(m, image_size: int, *, dtype=jnp.float32, drop_path_rate: float = 0.0,
                        f"of variant {m.variant!r}")
     side = image_size // patch
     width, depth = m.width or size.dim, m.depth or size.depth
-    options = BlockOptions(qkv_bias=m.qkv_bias, layer_scale=m.layer_scale, init=m.init)
+    options = BlockOptions(qkv_bias=m.qkv_bias, layer_scale=m.layer_scale, init=m.init,
+                           attention=m.attention)
     module = ViTEncoder(width, depth, m.heads or size.heads, (side, side), mlp_ratio=m.mlp_ratio,
                         learnable_pos=learnable_pos, final_norm=final_norm,
                         drop_path_rate=drop_path_rate, pos_embed=m.pos_embed,
@@ -141,6 +147,10 @@ def build(m, image_size: int, *, dtype=jnp.float32, drop_path_rate: float = 0.0,
     if m.remat != "none" or m.scan_blocks:
       raise ValueError("model.remat and model.scan_blocks apply to the ViT encoder, not to the "
                        "hierarchical one")
+    if m.attention == "cudnn":
+      raise ValueError("model.attention='cudnn': the hierarchical encoder's windows add a "
+                       "masking bias, which needs the xla kernel (use 'auto': its decoder "
+                       "still takes the fused kernel)")
     size = hierarchical.parse_hier_variant(m.variant)
     depths = tuple(m.stage_depths) or size.depths
     heads = tuple(m.stage_heads) or size.heads

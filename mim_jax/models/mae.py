@@ -138,6 +138,7 @@ class MAEDecoder(nn.Module):
   dtype: Any = jnp.float32
   remat: str = "none"
   scan: bool = False
+  attention: str = "auto"         # vit.BlockOptions.attention
 
   @nn.compact
   def __call__(self, latent, ids_restore, ids_decode=None):
@@ -152,7 +153,8 @@ class MAEDecoder(nn.Module):
     if ids_decode is not None:
       x = jnp.concatenate([x[:, :1], _gather_tokens(x[:, 1:], ids_decode)], axis=1)
     x = Transformer(self.depth, self.heads, self.mlp_ratio, dtype=self.dtype, remat=self.remat,
-                    scan=self.scan, name="transformer")(x)
+                    scan=self.scan, options=BlockOptions(attention=self.attention),
+                    name="transformer")(x)
     x = nn.Dense(self.patch_dim, kernel_init=xavier_uniform, dtype=self.dtype, name="pred")(x)
     return x[:, 1:]
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from mim_jax.models.mae import ViTEncoder, token_init
 from mim_jax.models.posembed import sincos_2d
-from mim_jax.models.vit import Transformer, xavier_uniform
+from mim_jax.models.vit import BlockOptions, Transformer, xavier_uniform
 
 
 class MixMIMDecoder(nn.Module):
@@ -31,6 +31,7 @@ class MixMIMDecoder(nn.Module):
   cell_dim: int     # pixels per cell: stride * stride * channels
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
+  attention: str = "auto"         # vit.BlockOptions.attention
 
   @nn.compact
   def __call__(self, latent, mask):
@@ -40,7 +41,7 @@ class MixMIMDecoder(nn.Module):
     x = jnp.concatenate([x * (1 - m) + token * m, x * m + token * (1 - m)], axis=0)
     x = x + jnp.asarray(sincos_2d(self.width, *self.grid), x.dtype)[None]
     x = Transformer(self.depth, self.heads, self.mlp_ratio, dtype=self.dtype,
-                    name="transformer")(x)
+                    options=BlockOptions(attention=self.attention), name="transformer")(x)
     return nn.Dense(self.cell_dim, kernel_init=xavier_uniform, dtype=self.dtype, name="pred")(x)
 
 
