@@ -9,6 +9,7 @@ followed through a whole MAE (encoder and decoder). The GPU numbers are in bench
 
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,10 +70,11 @@ def test_kernel_choice_on_a_gpu(fake_gpu):
       vit.attention_impl("cudnn", x, bias)
 
 
-@pytest.mark.parametrize("tokens", [197, 50, 8])
+@pytest.mark.parametrize("tokens", [197, 51, 8])
 def test_padded_fused_attention_is_attention_over_the_real_tokens(fake_gpu, tokens):
-  """MAE's decoder (197 tokens) and encoder (50) are padded to a multiple of 8 with the padded
-  keys masked out; 8 tokens need no padding. Output and gradients equal plain attention."""
+  """An odd token count (MAE's decoder: 197) is padded to a multiple of FUSED_TOKEN_MULTIPLE with
+  the padded keys masked out; 8 tokens need no padding. Output and gradients equal plain
+  attention."""
   q, k, v = qkv((3, tokens, 2, 16), jnp.float32)
   g = jax.random.normal(jax.random.key(1), q.shape)
 
@@ -97,6 +99,72 @@ def test_padded_fused_attention_is_attention_over_the_real_tokens(fake_gpu, toke
     assert not np.allclose(unmasked, out, atol=1e-3)
 
 
+def count_primitive(jaxpr, name):
+  """How often primitive ``name`` occurs in ``jaxpr`` and the jaxprs inside it."""
+  n = 0
+  for eqn in jaxpr.eqns:
+    n += eqn.primitive.name == name
+    for p in eqn.params.values():
+      for sub in (p if isinstance(p, (tuple, list)) else (p,)):
+        if hasattr(sub, "jaxpr"):
+          n += count_primitive(getattr(sub.jaxpr, "jaxpr", sub.jaxpr), name)
+        elif hasattr(sub, "eqns"):
+          n += count_primitive(sub, name)
+  return n
+
+
+@pytest.mark.parametrize("scan,remat", [(False, "none"), (True, "block"), (False, "dots")])
+def test_transformer_pads_odd_tokens_once(fake_gpu, scan, remat):
+  """On the fused path a Transformer over 17 tokens pads them to 18 once for all its blocks:
+  every kernel call sees 18 tokens and the valid length 17, the forward pass has one pad, and the
+  output, the [CLS] attention (AMT's maps) and the gradients equal the XLA path's over 17 tokens:
+  the padding reaches no real token."""
+  x = jax.random.normal(jax.random.key(0), (2, 17, 32)).astype(jnp.bfloat16)
+  g = jax.random.normal(jax.random.key(1), (2, 17, 32))
+  make = lambda attention: vit.Transformer(2, 2, options=vit.BlockOptions(attention=attention),
+                                           dtype=jnp.bfloat16, remat=remat, scan=scan)
+  params = make("xla").init(jax.random.key(2), x)
+
+  def run(attention):
+    model = make(attention)
+
+    def loss(p):
+      out, inter = model.apply(p, x, mutable=["intermediates"])
+      return jnp.sum(out.astype(jnp.float32) * g), (out, inter)
+    (_, (out, inter)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    pads = count_primitive(jax.make_jaxpr(lambda p: model.apply(p, x))(params).jaxpr, "pad")
+    return out, inter, grads, pads
+
+  out_x, inter_x, grads_x, pads_x = run("xla")
+  assert fake_gpu == [] and pads_x == 0
+  out_f, inter_f, grads_f, pads_f = run("auto")
+  assert pads_f == 1
+  assert fake_gpu and {c["shape"][1] for c in fake_gpu} == {18}
+  assert all(c["lengths"] is not None and c["lengths"].shape == (2,) for c in fake_gpu)
+  assert out_f.shape == (2, 17, 32)
+  np.testing.assert_allclose(out_f.astype(jnp.float32), out_x.astype(jnp.float32), atol=2e-2)
+  for a, b in zip(jax.tree.leaves(inter_f), jax.tree.leaves(inter_x)):
+    assert a.shape == b.shape and a.shape[-1] == 17
+    np.testing.assert_allclose(a, b, atol=1e-2)
+  a = np.concatenate([np.ravel(v) for v in jax.tree.leaves(grads_f)])
+  b = np.concatenate([np.ravel(v) for v in jax.tree.leaves(grads_x)])
+  assert np.linalg.norm(a - b) / np.linalg.norm(b) < 1e-2
+
+
+def test_split_qkv_is_the_fused_projection():
+  """q, k, v from three products with slices of the kernel (the fused path) equal one product
+  cut in three, with the parameters of a Dense(3 d) under the same names."""
+  x = jax.random.normal(jax.random.key(0), (2, 5, 16))
+  params = vit.QKV(16).init(jax.random.key(1), x)
+  params = jax.tree.map(lambda p: p + 0.1, params)    # a non-zero bias
+  for split in (False, True):
+    q, k, v = vit.QKV(16, split=split).apply(params, x)
+    ref = nn.Dense(48).apply(params, x)
+    np.testing.assert_allclose(jnp.concatenate([q, k, v], -1), ref, rtol=1e-6, atol=1e-6)
+  assert jax.tree.map(jnp.shape, params) == jax.tree.map(
+      jnp.shape, nn.Dense(48).init(jax.random.key(1), x))
+
+
 def mae_loss(attention, calls):
   c = base_config("mae")
   c.image_size, c.batch_size, c.compute_dtype = 32, 4, "bfloat16"
@@ -119,8 +187,9 @@ def test_model_attention_reaches_encoder_and_decoder(fake_gpu):
   loss_xla, grads_xla = mae_loss("xla", fake_gpu)
   assert fake_gpu == []
   loss_auto, grads_auto = mae_loss("auto", fake_gpu)
-  # One encoder block (17 tokens -> 24) and one decoder block (65 -> 72).
-  assert sorted(c["shape"][1] for c in fake_gpu) == [24, 72]
+  # One encoder block (17 tokens -> 18) and one decoder block (65 -> 66).
+  assert sorted(c["shape"][1] for c in fake_gpu) == [18, 66]
+  assert all(c["lengths"] is not None for c in fake_gpu)
   assert loss_auto == pytest.approx(loss_xla, rel=2e-2)
   flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])
   a, b = flat(grads_auto), flat(grads_xla)

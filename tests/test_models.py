@@ -122,3 +122,25 @@ def test_prediction_ignores_masked_pixels():
   _, pred2, _ = predict(params, changed, key)
   np.testing.assert_allclose(pred, pred2, atol=1e-5)
   assert not np.allclose(images, changed)
+
+
+def test_gelu_is_the_exact_gelu_with_cheap_derivatives():
+  """vit.gelu (PyTorch's erf form, own derivative rule) equals jax's exact GELU, with the same
+  first and second derivatives in reverse and forward mode, and reverse mode keeps one tensor
+  (the slopes) where jax's erfc form keeps three."""
+  from mim_jax.models import vit
+  x = jnp.linspace(-8.0, 8.0, 4001)
+  exact = lambda x: jax.nn.gelu(x, approximate=False)
+  # The erf form rounds the far negative tail (|value| < 1e-6) to 0, as PyTorch's does.
+  np.testing.assert_allclose(vit.gelu(x), exact(x), rtol=1e-6, atol=1e-6)
+  d1 = jax.vmap(jax.grad(vit.gelu))(x)
+  np.testing.assert_allclose(d1, jax.vmap(jax.grad(exact))(x), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(jax.jvp(vit.gelu, (x,), (jnp.ones_like(x),))[1], d1, rtol=1e-6)
+  np.testing.assert_allclose(jax.vmap(jax.grad(jax.grad(vit.gelu)))(x),
+                             jax.vmap(jax.grad(jax.grad(exact)))(x), rtol=1e-5, atol=1e-6)
+  half = vit.gelu(x.astype(jnp.bfloat16))
+  assert half.dtype == jnp.bfloat16
+  np.testing.assert_allclose(half.astype(jnp.float32), exact(x.astype(jnp.bfloat16).astype(
+      jnp.float32)), rtol=1e-2, atol=1e-2)
+  kept = lambda f: [r for r in jax.tree.leaves(jax.vjp(f, x)[1]) if np.shape(r) == x.shape]
+  assert len(kept(vit.gelu)) == 1 and len(kept(exact)) == 3

@@ -20,7 +20,13 @@ Attention kernels (``BlockOptions.attention``, config ``model.attention``): 'xla
 logits and softmax in float32 and keeps the [B, heads, T, T] probabilities for the backward
 pass; 'cudnn' is cuDNN's fused (flash) kernel, which never writes them out; 'auto' (default)
 takes 'cudnn' where it applies (a GPU, bfloat16 / float16 inputs, no additive bias, head width a
-multiple of 8 up to 128) and 'xla' elsewhere.
+multiple of 8 up to 128) and 'xla' elsewhere. On the fused path q, k and v come from three
+products with slices of the one ``qkv`` kernel (no copies out of a [B, T, 3d] output), and a
+``Transformer`` pads an odd token count once for all its blocks (``padded_tokens``) rather than
+once per layer.
+
+GELU is the exact one, x Phi(x), with a derivative rule of its own (``gelu``): reverse mode keeps
+one tensor of slopes per activation instead of the intermediates of erfc.
 """
 
 import dataclasses
@@ -37,8 +43,11 @@ MASK_LOGIT = -1e30  # added to the logits between tokens of two different mixed 
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 # cuDNN's kernel gets the token axis padded to a multiple of this: in training it rejects odd
 # token counts (JAX 0.11.2, H100), e.g. MAE's 197 decoder tokens. On ViT-B/16 MAE (batch 256,
-# bf16, H100) multiples of 2 / 8 / 64 gave 61.0 / 61.6 / 63.3 ms per step.
-FUSED_TOKEN_MULTIPLE = 8
+# bf16, H100, padding per layer) multiples of 2 / 8 / 64 gave 61.0 / 61.6 / 63.3 ms per step;
+# 2 leaves MAE's 50 encoder tokens as they are.
+FUSED_TOKEN_MULTIPLE = 2
+SQRT_HALF = float(np.sqrt(0.5))
+INV_SQRT_2PI = float(1.0 / np.sqrt(2.0 * np.pi))
 
 
 def fused_attention_applies(q, bias=None) -> str:
@@ -68,20 +77,31 @@ def attention_impl(choice: str, q, bias=None) -> str:
   return "xla" if why_not else "cudnn"
 
 
-def fused_attention(q, k, v):
-  """cuDNN's flash attention over [B, T, heads, d]. The token axis is zero-padded to a multiple of
-  ``FUSED_TOKEN_MULTIPLE`` and the padded keys masked out by their lengths; the padded queries
-  are cut off again, so the result is that of plain softmax attention over the T tokens."""
+def padded_length(tokens: int) -> int:
+  """``tokens`` rounded up to a multiple of ``FUSED_TOKEN_MULTIPLE``."""
+  return -(-tokens // FUSED_TOKEN_MULTIPLE) * FUSED_TOKEN_MULTIPLE
+
+
+def fused_attention(q, k, v, valid_tokens=None):
+  """cuDNN's flash attention over [B, T, heads, d].
+
+  With ``valid_tokens`` (T already padded, e.g. by ``Transformer``) the keys from that index on
+  are masked out; every query, padded ones too, attends to the valid keys. Without it an odd T is
+  zero-padded to a multiple of ``FUSED_TOKEN_MULTIPLE`` here, the padded keys masked and the
+  padded queries cut off again. Either way the rows of the real tokens are those of plain softmax
+  attention over the real tokens.
+  """
   b, t = q.shape[:2]
-  padded = -(-t // FUSED_TOKEN_MULTIPLE) * FUSED_TOKEN_MULTIPLE
+  if valid_tokens is not None:
+    lengths = jnp.full((b,), valid_tokens, jnp.int32)
+    return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths,
+                                        implementation="cudnn")
+  padded = padded_length(t)
   if padded == t:
     return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
   pad = ((0, 0), (0, padded - t), (0, 0), (0, 0))
   q, k, v = (jnp.pad(x, pad) for x in (q, k, v))
-  lengths = jnp.full((b,), t, jnp.int32)
-  out = jax.nn.dot_product_attention(q, k, v, query_seq_lengths=lengths,
-                                     key_value_seq_lengths=lengths, implementation="cudnn")
-  return out[:, :t]
+  return fused_attention(q, k, v, valid_tokens=t)[:, :t]
 
 
 def isolation_bias(groups):
@@ -183,6 +203,54 @@ class RelativePositionBias(nn.Module):
     return jax.vmap(lambda i: bias[:, i[:, None], i[None, :]])(ids)
 
 
+@jax.custom_jvp
+def gelu(x):
+  """Exact GELU, x Phi(x) = x (1 + erf(x / sqrt 2)) / 2 (PyTorch's nn.GELU), computed in float32
+  and returned in x's dtype."""
+  xf = x.astype(jnp.float32)
+  return (0.5 * xf * (1.0 + jax.lax.erf(xf * SQRT_HALF))).astype(x.dtype)
+
+
+@gelu.defjvp
+def _gelu_jvp(primals, tangents):
+  """d/dx x Phi(x) = Phi(x) + x phi(x), as one slope per element (in x's dtype). Reverse mode then
+  keeps only the slopes (one tensor) for the backward pass; the rule is itself differentiable
+  (forward mode and second order, as MLO-MAE needs)."""
+  (x,), (t,) = primals, tangents
+  xf = x.astype(jnp.float32)
+  cdf = 0.5 * (1.0 + jax.lax.erf(xf * SQRT_HALF))
+  slope = cdf + xf * jnp.exp(-0.5 * xf * xf) * INV_SQRT_2PI
+  return (xf * cdf).astype(x.dtype), slope.astype(x.dtype) * t
+
+
+class QKV(nn.Module):
+  """The query / key / value projection: one [d, 3 d] ``kernel`` (and a [3 d] ``bias`` with
+  ``use_bias``), the parameters of a Dense(3 d). Returns q, k, v [B, T, d]: with ``split`` as three
+  products with slices of the kernel (what cuDNN's kernel takes, no copies out of a fused output),
+  else as one product cut in three."""
+  features: int
+  use_bias: bool = True
+  kernel_init: Any = xavier_uniform
+  split: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    f = self.features
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], 3 * f))
+    bias = self.param("bias", nn.initializers.zeros, (3 * f,)) if self.use_bias else None
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    product = lambda w: jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+    if self.split:
+      out = [product(kernel[:, i * f:(i + 1) * f]) for i in range(3)]
+    else:
+      qkv = product(kernel)
+      out = [qkv[..., i * f:(i + 1) * f] for i in range(3)]
+    if bias is not None:
+      out = [y + bias[i * f:(i + 1) * f] for i, y in enumerate(out)]
+    return out
+
+
 class Attention(nn.Module):
   """Multi-head self-attention. ``qkv_bias``: 'qkv' (one Dense with bias), 'qv' (SimMIM / BEiT:
   separate q and v biases, none on k) or 'none'. ``rel_pos_grid`` gives the layer its own
@@ -196,36 +264,41 @@ class Attention(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, bias=None, token_ids=None):
+  def __call__(self, x, bias=None, token_ids=None, valid_tokens=None):
+    """``valid_tokens``: x's tokens from this index on are padding (``Transformer`` pads for the
+    fused kernel); no token attends to them."""
     b, t, d = x.shape
     if d % self.num_heads:
       raise ValueError(f"width {d} is not divisible by {self.num_heads} heads")
     if self.qkv_bias not in ("qkv", "qv", "none"):
       raise ValueError(f"qkv_bias must be 'qkv', 'qv' or 'none', got {self.qkv_bias!r}")
-    kernel = dense_init(self.init)
-    qkv = nn.Dense(3 * d, use_bias=self.qkv_bias == "qkv", kernel_init=kernel, dtype=self.dtype,
-                   name="qkv")(x)
-    if self.qkv_bias == "qv":
-      q_bias = self.param("q_bias", nn.initializers.zeros, (d,))
-      v_bias = self.param("v_bias", nn.initializers.zeros, (d,))
-      qkv = qkv + jnp.concatenate([q_bias, jnp.zeros_like(q_bias), v_bias]).astype(qkv.dtype)
+    heads, hd = self.num_heads, d // self.num_heads
     if self.rel_pos_grid:
       own = RelativePositionBias(self.rel_pos_grid, self.num_heads, name="rel_pos_bias")(token_ids)
       bias = own if bias is None else bias + own
-    qkv = qkv.reshape(b, t, 3, self.num_heads, d // self.num_heads)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     if bias is not None:  # relative positions, MixMIM's isolation: added to float32 logits
       bias = bias.astype(jnp.float32)
+    impl = attention_impl(self.attention, jax.ShapeDtypeStruct((b, t, heads, hd), self.dtype),
+                          bias)
+    q, k, v = QKV(d, self.qkv_bias == "qkv", dense_init(self.init), split=impl == "cudnn",
+                  dtype=self.dtype, name="qkv")(x)
+    if self.qkv_bias == "qv":
+      q = q + self.param("q_bias", nn.initializers.zeros, (d,)).astype(q.dtype)
+      v = v + self.param("v_bias", nn.initializers.zeros, (d,)).astype(v.dtype)
+    q, k, v = (y.reshape(b, t, heads, hd) for y in (q, k, v))
     if self.is_mutable_collection("intermediates"):
-      logits = jnp.einsum("bhd,bkhd->bhk", q[:, 0].astype(jnp.float32), k.astype(jnp.float32))
-      logits = logits / np.sqrt(d // self.num_heads)
+      keys = k if valid_tokens is None else k[:, :valid_tokens]
+      logits = jnp.einsum("bhd,bkhd->bhk", q[:, 0].astype(jnp.float32), keys.astype(jnp.float32))
+      logits = logits / np.sqrt(hd)
       if bias is not None:
         logits = logits + bias[:, :, 0].astype(jnp.float32)
       self.sow("intermediates", "cls_attention", jax.nn.softmax(logits, axis=-1))
-    if attention_impl(self.attention, q, bias) == "cudnn":
-      out = fused_attention(q, k, v)
+    if impl == "cudnn":
+      out = fused_attention(q, k, v, valid_tokens)
     else:  # logits and softmax in float32 whatever the compute dtype
-      out = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation="xla")
+      lengths = None if valid_tokens is None else jnp.full((b,), valid_tokens, jnp.int32)
+      out = jax.nn.dot_product_attention(q, k, v, bias=bias, key_value_seq_lengths=lengths,
+                                         implementation="xla")
     out = out.reshape(b, t, d)
     return nn.Dense(d, kernel_init=dense_init(self.init, self.out_scale), dtype=self.dtype,
                     name="proj")(out)
@@ -241,7 +314,7 @@ class Mlp(nn.Module):
   def __call__(self, x):
     d = x.shape[-1]
     x = nn.Dense(self.hidden, kernel_init=dense_init(self.init), dtype=self.dtype, name="fc1")(x)
-    x = nn.gelu(x, approximate=False)
+    x = gelu(x)
     return nn.Dense(d, kernel_init=dense_init(self.init, self.out_scale), dtype=self.dtype,
                     name="fc2")(x)
 
@@ -281,7 +354,8 @@ class Block(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, deterministic: bool = True, bias=None, token_ids=None, layer=None):
+  def __call__(self, x, deterministic: bool = True, bias=None, token_ids=None, layer=None,
+               valid_tokens=None):
     d = x.shape[-1]
     o = self.options
     rate, index = (self.drop_path, self.layer_index) if layer is None else layer
@@ -298,7 +372,7 @@ class Block(nn.Module):
 
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm1")(x)
     y = Attention(self.num_heads, o.qkv_bias, o.init, out_scale, o.rel_pos_grid, o.attention,
-                  dtype=self.dtype, name="attn")(y, bias, token_ids)
+                  dtype=self.dtype, name="attn")(y, bias, token_ids, valid_tokens)
     x = x + drop(gain("gamma_1", y), deterministic)
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm2")(x)
     y = Mlp(int(d * self.mlp_ratio), o.init, out_scale, dtype=self.dtype, name="mlp")(y)
@@ -354,8 +428,8 @@ def remat_policy(name: str):
 class _ScanStep(Block):
   """A block as one step of ``nn.scan``: (x, layer) -> (x, None)."""
 
-  def __call__(self, x, layer, deterministic=True, bias=None, token_ids=None):
-    return super().__call__(x, deterministic, bias, token_ids, layer=layer), None
+  def __call__(self, x, layer, deterministic=True, bias=None, token_ids=None, valid_tokens=None):
+    return super().__call__(x, deterministic, bias, token_ids, layer, valid_tokens), None
 
 
 class Transformer(nn.Module):
@@ -368,6 +442,10 @@ class Transformer(nn.Module):
   ``nn.scan`` (one block compiled once: faster compiles for deep models), their parameters
   stacked under ``blocks`` with a leading [depth] axis instead of ``block_0`` ...
   (``mim_jax.models.layout`` converts between the two).
+
+  Where the blocks' attention takes cuDNN's fused kernel and the token count is odd, the tokens
+  are zero-padded once here (``padded_length``), the blocks mask the padded keys and the padding
+  is cut off before the final norm.
   """
   depth: int
   num_heads: int
@@ -379,27 +457,43 @@ class Transformer(nn.Module):
   remat: str = "none"
   scan: bool = False
 
+  def padded_tokens(self, x, bias=None) -> int:
+    """The token count the blocks run on: x's, or that padded for the fused attention kernel."""
+    b, t, d = x.shape
+    if self.options.rel_pos_grid or d % self.num_heads:
+      return t
+    q = jax.ShapeDtypeStruct((b, t, self.num_heads, d // self.num_heads), self.dtype)
+    return padded_length(t) if attention_impl(self.options.attention, q, bias) == "cudnn" else t
+
   @nn.compact
   def __call__(self, x, deterministic: bool = True, bias=None, token_ids=None):
     rates = drop_path_rates(self.drop_path_rate, self.depth)
+    t = x.shape[1]
+    padded = self.padded_tokens(x, bias)
+    valid = None
+    if padded != t:
+      x, valid = jnp.pad(x, ((0, 0), (0, padded - t), (0, 0))), t
     if self.scan:
       step = _ScanStep
       if self.remat != "none":
-        step = nn.remat(step, policy=remat_policy(self.remat), static_argnums=(3,))
+        step = nn.remat(step, policy=remat_policy(self.remat), static_argnums=(3, 6))
       stack = nn.scan(step, variable_axes={"params": 0, "intermediates": 0},
                       split_rngs={"params": True, "drop_path": True},
-                      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=self.depth)
+                      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                      length=self.depth)
       layers = (jnp.asarray(rates, jnp.float32),
                 jnp.arange(1, self.depth + 1, dtype=jnp.float32))
       x, _ = stack(self.num_heads, self.mlp_ratio, 0.0, self.options, dtype=self.dtype,
-                   name="blocks")(x, layers, deterministic, bias, token_ids)
+                   name="blocks")(x, layers, deterministic, bias, token_ids, valid)
     else:
       block = Block
       if self.remat != "none":
-        block = nn.remat(Block, policy=remat_policy(self.remat), static_argnums=(2,))
+        block = nn.remat(Block, policy=remat_policy(self.remat), static_argnums=(2, 6))
       for i, rate in enumerate(rates):
         x = block(self.num_heads, self.mlp_ratio, rate, self.options, layer_index=i + 1,
-                  dtype=self.dtype, name=f"block_{i}")(x, deterministic, bias, token_ids)
+                  dtype=self.dtype, name=f"block_{i}")(x, deterministic, bias, token_ids,
+                                                       None, valid)
+    x = x[:, :t]
     if self.final_norm:
       x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm")(x)
     return x
