@@ -21,9 +21,9 @@ logits and softmax in float32 and keeps the [B, heads, T, T] probabilities for t
 pass; 'cudnn' is cuDNN's fused (flash) kernel, which never writes them out; 'auto' (default)
 takes 'cudnn' where it applies (a GPU, bfloat16 / float16 inputs, no additive bias, head width a
 multiple of 8 up to 128) and 'xla' elsewhere. On the fused path q, k and v come from three
-products with slices of the one ``qkv`` kernel (no copies out of a [B, T, 3d] output), and a
-``Transformer`` pads an odd token count once for all its blocks (``padded_tokens``) rather than
-once per layer.
+products with slices of the one ``qkv`` kernel (no copies out of a [B, T, 3d] output), the value
+bias reaches the output through the projection (``QKV``), and a ``Transformer`` pads an odd
+token count once for all its blocks (``padded_tokens``) rather than once per layer.
 
 GELU is the exact one, x Phi(x), with a derivative rule of its own (``gelu``): reverse mode keeps
 one tensor of slopes per activation instead of the intermediates of erfc.
@@ -225,9 +225,11 @@ def _gelu_jvp(primals, tangents):
 
 class QKV(nn.Module):
   """The query / key / value projection: one [d, 3 d] ``kernel`` (and a [3 d] ``bias`` with
-  ``use_bias``), the parameters of a Dense(3 d). Returns q, k, v [B, T, d]: with ``split`` as three
-  products with slices of the kernel (what cuDNN's kernel takes, no copies out of a fused output),
-  else as one product cut in three."""
+  ``use_bias``), the parameters of a Dense(3 d). Returns q, k, v [B, T, d] and the value bias
+  ([d] or None): with ``split`` as three products with slices of the kernel (what cuDNN's kernel
+  takes, no copies out of a fused output) and v without its bias, which the caller adds after
+  the attention (each row of softmax weights sums to one, so the value bias passes through
+  unchanged); else as one product cut in three, v with its bias."""
   features: int
   use_bias: bool = True
   kernel_init: Any = xavier_uniform
@@ -246,9 +248,10 @@ class QKV(nn.Module):
     else:
       qkv = product(kernel)
       out = [qkv[..., i * f:(i + 1) * f] for i in range(3)]
-    if bias is not None:
-      out = [y + bias[i * f:(i + 1) * f] for i, y in enumerate(out)]
-    return out
+    if bias is None:
+      return (*out, None)
+    q, k, v = (y + bias[i * f:(i + 1) * f] for i, y in enumerate(out))
+    return (q, k, out[2], bias[2 * f:]) if self.split else (q, k, v, None)
 
 
 class Attention(nn.Module):
@@ -280,11 +283,13 @@ class Attention(nn.Module):
       bias = bias.astype(jnp.float32)
     impl = attention_impl(self.attention, jax.ShapeDtypeStruct((b, t, heads, hd), self.dtype),
                           bias)
-    q, k, v = QKV(d, self.qkv_bias == "qkv", dense_init(self.init), split=impl == "cudnn",
-                  dtype=self.dtype, name="qkv")(x)
+    q, k, v, v_bias = QKV(d, self.qkv_bias == "qkv", dense_init(self.init),
+                          split=impl == "cudnn", dtype=self.dtype, name="qkv")(x)
     if self.qkv_bias == "qv":
       q = q + self.param("q_bias", nn.initializers.zeros, (d,)).astype(q.dtype)
-      v = v + self.param("v_bias", nn.initializers.zeros, (d,)).astype(v.dtype)
+      v_bias = self.param("v_bias", nn.initializers.zeros, (d,))
+      if impl != "cudnn":
+        v, v_bias = v + v_bias.astype(v.dtype), None
     q, k, v = (y.reshape(b, t, heads, hd) for y in (q, k, v))
     if self.is_mutable_collection("intermediates"):
       keys = k if valid_tokens is None else k[:, :valid_tokens]
@@ -299,9 +304,13 @@ class Attention(nn.Module):
       lengths = None if valid_tokens is None else jnp.full((b,), valid_tokens, jnp.int32)
       out = jax.nn.dot_product_attention(q, k, v, bias=bias, key_value_seq_lengths=lengths,
                                          implementation="xla")
-    out = out.reshape(b, t, d)
-    return nn.Dense(d, kernel_init=dense_init(self.init, self.out_scale), dtype=self.dtype,
-                    name="proj")(out)
+    proj = nn.Dense(d, kernel_init=dense_init(self.init, self.out_scale), dtype=self.dtype,
+                    name="proj")
+    out = proj(out.reshape(b, t, d))
+    if v_bias is not None:  # softmax(..) (v + b) W = softmax(..) v W + b W: one [d] vector
+      kernel = proj.variables["params"]["kernel"]
+      out = out + jnp.dot(v_bias.astype(jnp.float32), kernel.astype(jnp.float32)).astype(out.dtype)
+    return out
 
 
 class Mlp(nn.Module):
