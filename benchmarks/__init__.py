@@ -207,6 +207,57 @@ def analytic_flops(w: Workload, batch_size: int) -> float:
   return float(batch_size * (3 * forward - patch_embed))
 
 
+@dataclasses.dataclass(frozen=True)
+class Matmul:
+  """One matmul of a training step's forward pass: ``batch`` independent [m, k] x [k, n]
+  products (attention: one per image and head; a linear layer: batch 1, the images' tokens
+  in m), ``count`` times per step (once per block). Its backward is the weight gradient
+  (x^T dy) and, when ``input_grad``, the input gradient (dy w^T), each as many FLOPs as the
+  forward."""
+  name: str
+  batch: int
+  m: int
+  k: int
+  n: int
+  count: int = 1
+  input_grad: bool = True
+
+  @property
+  def flops(self) -> int:
+    """FLOPs of one forward product (2 per multiply-add)."""
+    return 2 * self.batch * self.m * self.k * self.n
+
+  @property
+  def step_flops(self) -> int:
+    """FLOPs per step: forward, weight gradient and (if any) input gradient, ``count`` times."""
+    return self.count * self.flops * (3 if self.input_grad else 2)
+
+
+def mae_matmuls(w: Workload, batch_size: int) -> list:
+  """The matmuls of one MAE training step (``analytic_flops`` counts their FLOPs), as the
+  model computes them: q, k and v as one [d, 3d] product, the logits and the weighted sum of
+  the values per image and head."""
+  if w.method != "mae":
+    raise ValueError(f"workload {w.name}: the matmul list is MAE's, not {w.method}'s")
+  te, td = 1 + w.num_kept, 1 + w.num_patches
+
+  def blocks(prefix, tokens, width, heads, depth):
+    rows, hidden, head = batch_size * tokens, int(width * w.mlp_ratio), width // heads
+    return [Matmul(f"{prefix}.qkv", 1, rows, width, 3 * width, depth),
+            Matmul(f"{prefix}.logits", batch_size * heads, tokens, head, tokens, depth),
+            Matmul(f"{prefix}.attend", batch_size * heads, tokens, tokens, head, depth),
+            Matmul(f"{prefix}.proj", 1, rows, width, width, depth),
+            Matmul(f"{prefix}.fc1", 1, rows, width, hidden, depth),
+            Matmul(f"{prefix}.fc2", 1, rows, hidden, width, depth)]
+
+  return ([Matmul("patch_embed", 1, batch_size * w.num_patches, w.patch_dim, w.width,
+                  input_grad=False)]
+          + blocks("encoder", te, w.width, w.heads, w.depth)
+          + [Matmul("decoder_embed", 1, batch_size * te, w.width, w.decoder_width)]
+          + blocks("decoder", td, w.decoder_width, w.decoder_heads, w.decoder_depth)
+          + [Matmul("pred", 1, batch_size * td, w.decoder_width, w.patch_dim)])
+
+
 def mixmim_encoder_flops(w: Workload) -> float:
   """Matmul FLOPs of MixMIM's hierarchical encoder over one image (forward):
     patch embedding of all N0 patches                       2 N0 P C
