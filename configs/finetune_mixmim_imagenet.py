@@ -16,6 +16,12 @@ position table stays fixed. Reported top-1 (MixMIM paper / repo): MixMIM-B 84.6 
 epochs), 85.1 (600); MixMIM-L 85.9 (600). Classifier size at 224: B 88.34 M parameters
 (16.35 G multiply-adds), L 197.40 M (35.86 G).
 
+Checkpoints pre-trained with other windows load with every relative position bias table
+resampled to this model's windows (mim_jax.pretrained; PyTorch's bicubic over the (2w - 1)^2
+offsets of each head, as MixMIM's own loader, util/pos_embed.py, does): e.g. SimMIM on this
+encoder at 192 px (configs/simmim_imagenet.py:encoder=hierarchical, windows 12 / 12 / 12 / 6,
+tables 23^2 and 11^2) fine-tunes here at 224 px (windows 14 / 14 / 14 / 7, tables 27^2 and 13^2).
+
 L: the official repository ships only B's script; we use B's recipe with drop path 0.2 (our
 choice, following MAE's ViT-L) -- check it against the paper before quoting an L result.
 """

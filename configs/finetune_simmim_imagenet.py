@@ -14,7 +14,10 @@ rand-m9-mstd0.5-inc1, random erasing 0.25, bicubic; average pooling. Reported: 8
 
 Architecture (the same file): SimMIM's ViT-B/16 with a relative position bias per block
 (USE_RPB; each starts as a copy of the pre-training's shared table), no absolute position
-embedding, layer scale, q/v-only biases, average pooling + fc_norm.
+embedding, layer scale, q/v-only biases, average pooling + fc_norm. A checkpoint pre-trained on
+another patch grid (another image size) loads with each table's (2g - 1)^2 offsets resampled
+bicubically and its three [CLS] entries kept (mim_jax.pretrained; SimMIM's own loader resamples
+with BEiT's geometric spacing and SciPy splines instead, which we do not reproduce).
 """
 
 from mim_jax import recipes

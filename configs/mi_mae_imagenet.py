@@ -8,7 +8,11 @@ Recipe (the seed summary; no official code exists): MAE's ViT-B/16 model and set
 images x 4 complementary masks = 4096 views per step, AdamW (0.9, 0.95), weight decay 0.05,
 blr 1.5e-4 with lr = blr x images per batch / 256 (our choice: 6e-4), 10 warmup epochs then
 cosine, 400 epochs, InfoNCE T 0.07, lambdas 1 / 1 / 10 (which lambda weighs which term is our
-choice: max 1, min 1, V's fit 10), normalized-pixel loss. Epochs count images: 400 MI-MAE epochs
+choice: max 1, min 1, V's fit 10), normalized-pixel loss. lambda 10 weighs V's NLL in V's own
+loss, where its AdamW normalizes it away: it has no effect on V (kept as the seed's number).
+Our choices, carried over from digits (not measured at this scale): V's own AdamW, 5 updates at
+lr 3e-3 per step before the encoder's; L_min in nats per latent dimension, on after one epoch
+(1,251 steps). Epochs count images: 400 MI-MAE epochs
 x 4 views = 1600 MAE view-epochs, the MAE run it is compared with
 (``--config.mi_mae.epoch_unit=views --config.total_epochs=1600`` says the same in views).
 
@@ -35,8 +39,10 @@ def get_config(arg=None):
   c.optimizer.blr = 1.5e-4
   c.optimizer.b1, c.optimizer.b2 = 0.9, 0.95
   c.optimizer.weight_decay = 0.05
+  c.mi_mae.club_start = 1251   # one epoch of 1,281,167 images at 1024 per step
   recipes.imagenet_pretraining(c)
   if arg.runlocal:
     recipes.shrink_for_cpu(c)
     c.model.decoder_width, c.model.decoder_depth, c.model.decoder_heads = 32, 1, 2
+    c.mi_mae.club_start = c.total_steps // 2
   return c

@@ -116,11 +116,23 @@ def base_config(method: str = "mae") -> ConfigDict:
       temperature=0.07,          # InfoNCE
       lambda_max=1.0,            # InfoNCE maximization (our mapping of the seed's 1 / 1 / 10)
       lambda_min=1.0,            # CLUB minimization
-      lambda_approx=10.0,        # V's likelihood fit
+      lambda_approx=10.0,        # weight of V's NLL in V's own loss: under V's Adam it only
+                                 # rescales the gradient, which Adam normalizes away
       pool="mean",               # mean (of the visible tokens) | cls
       projector_dim=0,           # > 0: a 2-layer MLP projector of this width on z
       club_negatives="views",    # views (the same image's other views) | batch (standard CLUB)
+      min_per_dim=True,          # L_min = CLUB / latent dims (nats per dimension); False: CLUB
+                                 #   summed over dimensions (nats), as the CLUB reference sums
       v_hidden=512,              # V's hidden width
+      v_lr=3e-3,                 # V's own AdamW (0.9, 0.999): its lr, fitted before each update
+      v_weight_decay=0.0,        #   of the encoder on the new latents (the CLUB reference: Adam)
+      v_schedule="constant",     #   constant (the CLUB reference) | cosine (the run's warmup and
+                                 #   cosine shape, peaking at v_lr)
+      v_steps=5,                 # V's updates per training step, before the encoder's (1 at
+                                 #   lr 1e-3 lets V's NLL climb as the encoder moves, digits)
+      club_start=100,            # L_min is switched on from this step on (V's NLL falls to a
+                                 #   third of its first value within 100 steps on digits) ...
+      club_start_nll=0.0,        # ... and, when > 0, once V's NLL (mi/v_nll) is at most this
       epoch_unit="images"))      # images | views: what total_epochs / warmup_epochs count
   # --- MLO-MAE (mlo_mae.md): the three levels, their data and the hypergradient ---
   c.mlo = ConfigDict(dict(
@@ -135,7 +147,8 @@ def base_config(method: str = "mae") -> ConfigDict:
       masker_lr=4e-5, masker_weight_decay=0.01, masker_batch_size=0,  # phi
       head_dropout=0.1,
       masker_hidden=512,
-      learnable_pos=True))       # the encoder's sin-cos table is a parameter (official models)
+      learnable_pos=True,        # the encoder's sin-cos table is a parameter (official models)
+      learnable_decoder_pos=True))  # the decoder's too (official models: requires_grad=True)
   # --- restoring and evaluating earlier runs ---
   c.init_from = ""               # a workdir whose checkpoint initializes the parameters
   c.init_step = -1               # its step; -1 = latest

@@ -9,12 +9,18 @@ Quantities are in nats.
 - ``club``: the contrastive log-ratio upper bound (Cheng et al., ICML 2020) on I(x; z), with a
   variational conditional q_theta(z | x) = Normal(mu(x), diag exp(logvar(x))) given by
   ``VariationalNet``; ``variational_nll`` is V's own fitting loss.
+- ``fit_step`` / ``club_ready``: V is fitted by an optimizer of its own on latents treated as
+  data, before an encoder uses the bound, and the bound is used only once V has fitted. CLUB is an
+  upper bound only for a q close to the true conditional; with an unfitted q an encoder can drive
+  the "estimate" far below zero without lowering any mutual information.
 """
 
 import math
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import optax
 from jax.scipy.special import logsumexp
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -111,6 +117,36 @@ def variational_nll(z, mu, logvar):
   """-mean log q(z | x): V's own fitting loss (the caller stops the gradient into z)."""
   return -jnp.mean(gaussian_log_likelihood(
       z.astype(jnp.float32), mu.astype(jnp.float32), logvar.astype(jnp.float32)))
+
+
+def fit_step(net, tx, params, opt_state, x, z, weight: float = 1.0):
+  """One update of V (``net``, optimizer ``tx``) on its NLL of the pairs (x, z), z held fixed.
+
+  ``weight`` multiplies the NLL's gradient (MI-MAE's lambda_approx); Adam-type optimizers
+  normalize it away, so under them it changes nothing but the size of the step relative to their
+  epsilon. Returns (params, opt_state, NLL of the pairs before the update): the NLL of data the
+  update has not yet seen, the fair measure of how well V fits.
+  """
+  z = jax.lax.stop_gradient(z)
+  x = jax.lax.stop_gradient(x)
+
+  def objective(p):
+    mu, logvar = net.apply({"params": p}, x)
+    return variational_nll(z, mu, logvar)
+
+  nll, grads = jax.value_and_grad(objective)(params)
+  grads = jax.tree.map(lambda g: weight * g, grads)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, nll
+
+
+def club_ready(step, nll, start_step: int, max_nll: float = 0.0):
+  """Whether CLUB may be switched on: from ``start_step`` on and, with ``max_nll`` > 0, once V's
+  NLL is at most ``max_nll`` (V's NLL is always positive: its log-variance is bounded by tanh)."""
+  ready = jnp.asarray(step) >= start_step
+  if max_nll > 0:
+    ready = ready & (nll <= max_nll)
+  return ready
 
 
 class VariationalNet(nn.Module):

@@ -12,6 +12,7 @@
 * frozen parameters (``frozen``: a pytree of bools) get no update and no optimizer state.
 """
 
+import math
 import re
 
 import jax
@@ -30,6 +31,14 @@ def learning_rate(blr: float, batch_size: int) -> float:
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   """Optimizer steps in one pass over ``num_examples`` (the last partial batch dropped)."""
   return max(1, num_examples // batch_size)
+
+
+def run_length(config, num_examples: int, step_images: int = 0):
+  """(total steps, warmup steps, steps per epoch) of a run over ``num_examples`` per epoch, a
+  step taking ``step_images`` of them (default ``config.batch_size``)."""
+  per_epoch = steps_per_epoch(num_examples, step_images or config.batch_size)
+  total = config.total_steps or max(1, math.ceil(config.total_epochs * per_epoch))
+  return total, round(config.warmup_epochs * per_epoch), per_epoch
 
 
 def _warmup(step, peak_lr, warmup_steps, init_lr):

@@ -50,9 +50,7 @@ def schedule_for(config, num_examples: int, step_images: int = 0):
   """(lr schedule, total steps) from the config and the training split's size; a step takes
   ``step_images`` of it (default: ``batch_size``)."""
   o = config.optimizer
-  steps_per_epoch = optim.steps_per_epoch(num_examples, step_images or config.batch_size)
-  total = config.total_steps or max(1, math.ceil(config.total_epochs * steps_per_epoch))
-  warmup = round(config.warmup_epochs * steps_per_epoch)
+  total, warmup, steps_per_epoch = optim.run_length(config, num_examples, step_images)
   peak = optim.learning_rate(o.blr, config.batch_size)
   if o.schedule == "cosine":
     return optim.warmup_cosine(peak, warmup, total, o.min_lr, o.warmup_lr), total
@@ -321,10 +319,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if hook.due(step):
         t0 = time.time()
         state, out, images = hook.run(state, step, stream_key(base_key, hook.name, step))
-        writer.write(step, out)
         for name, image in images.items():
           write_image(step, name, image)
-        log.info("step %d: %s (%.1fs)", step, _format(out, hook.name), time.time() - t0)
+        if out:  # a hook that only logs (MI-MAE's CLUB switch) reports nothing here
+          writer.write(step, out)
+          log.info("step %d: %s (%.1fs)", step, _format(out, hook.name), time.time() - t0)
         excluded += time.time() - t0
     return state
 

@@ -197,3 +197,29 @@ def test_configs_of_the_amt_recipes():
     assert method.amt.interval == 40 * steps_per_epoch
     assert method.stage(method.amt.start_step - 1) == "random"
     assert method.stage(method.amt.start_step) == "amt"
+
+
+def test_released_variants_of_the_amt_recipes_build_and_trace():
+  """``:released`` (issue #20): MAE-AMT at the script's 0.75 / 0 masks 147, throws none, keeps 49
+  (encoder [CLS] + 49, decoder [CLS] + 196); SimMIM-AMT keeps 22 / 13 / 14. Both sample with the
+  released crop slice."""
+  key = jax.random.key(0)
+  batch = {"image": jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32),
+           "id": jax.ShapeDtypeStruct((2,), jnp.int32)}
+  for name, counts in (("mae_amt_imagenet", (147, 0, 49)), ("simmim_amt_imagenet", (22, 13, 14))):
+    c = config_lib.load(os.path.join(ROOT, "configs", name + ".py:released"))
+    c.model.update(width=32, depth=1, heads=2)   # thin, for shapes only
+    if c.method == "mae":
+      c.model.update(decoder_width=32, decoder_depth=1, decoder_heads=2)
+    method = methods.get(c.method)(c, 3, data_info=IMAGENET_INFO)
+    assert method.amt.counts == counts, name
+    assert method.amt.faithful_crop_bug, name
+    params = jax.eval_shape(method.init, key)
+    extra = jax.eval_shape(method.init_extra, key)
+    if c.method == "mae":
+      _, pred, _, mask = jax.eval_shape(
+          lambda p, e, b: method._predict_amt(p, e, b, key), params, extra, batch)
+      assert pred.shape == (2, 147 + 49, 16 * 16 * 3) and mask.shape == (2, 196), name
+    loss, _ = jax.eval_shape(lambda p, e, b: method.loss(
+        p, e, b, {"mask": key, "drop_path": key}, stage="amt"), params, extra, batch)
+    assert loss.shape == (), name

@@ -154,3 +154,34 @@ def test_classifier_sizes_of_the_imagenet_fine_tune_configs():
     assert sum(x.size for x in jax.tree.leaves(shapes)) == expect, name
     assert sum(x.size for x in jax.tree.leaves(shapes["head"])) == \
         (768 if "mae" in name else 1024) * 1000 + 1000
+
+
+def test_amt_imagenet_configs_default_to_the_papers_ratios_and_offer_the_released_run():
+  """Issue #20: the default follows the paper's r / t with the crop alignment fixed; ``:released``
+  is the run the released code makes (MAE-AMT: main_pretrain.py's 0.75 / 0, which the README's
+  command keeps; SimMIM-AMT: the yaml's 0.44 / 0.26) with its crop bug. Nothing else differs."""
+  cases = {"mae_amt_imagenet.py": ((0.45, 0.40), (0.75, 0.0)),
+           "simmim_amt_imagenet.py": ((0.44, 0.26), (0.44, 0.26))}
+  for name, (paper, released) in cases.items():
+    default, variant = _load(name), _load(f"{name}:released")   # _load validates
+    assert default.model.masking == variant.model.masking == "amt", name
+    assert (default.amt.mask_ratio, default.amt.throw_ratio) == paper, name
+    assert default.amt.faithful_crop_bug is False, name
+    assert (variant.amt.mask_ratio, variant.amt.throw_ratio) == released, name
+    assert variant.amt.faithful_crop_bug is True, name
+    rest = []
+    for c in (default, variant):
+      d = c.to_dict()
+      for key in ("mask_ratio", "throw_ratio", "faithful_crop_bug"):
+        del d["amt"][key]
+      rest.append(d)
+    assert rest[0] == rest[1], name
+    for arg in ("runlocal", "released,runlocal"):
+      quick = _load(f"{name}:{arg}")
+      assert quick.total_steps and quick.amt.faithful_crop_bug == ("released" in arg), name
+      info = data.DatasetInfo(10, 3, 256, 256)
+      methods.get(quick.method)(quick, 3, num_classes=10, data_info=info)  # AMT counts fit
+  # the released MAE-AMT run keeps the plain 0.75 masking before AMT, as the paper's does
+  assert _load("mae_amt_imagenet.py:released").model.mask_ratio == 0.75
+  with pytest.raises(config_lib.ConfigError, match="unknown config argument 'relased'"):
+    _load("mae_amt_imagenet.py:relased")

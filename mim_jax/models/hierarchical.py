@@ -15,6 +15,12 @@ Init as in the official code: xavier-uniform Dense weights with zero biases, Lay
 tables trunc-normal std 0.02, the patch embedding with PyTorch's default convolution init.
 LayerNorm eps 1e-5. ``dtype`` is the compute dtype; parameters stay float32; attention logits,
 the bias and the mask are float32.
+
+Each block's ``relative_position_bias_table`` [(2w - 1)^2, heads] depends on its window w, and w
+on the image size (a window is clamped to its stage). Weights pre-trained with other windows
+(SimMIM's Swin recipe: 192 px with windows 6, fine-tuning at 224 with 7) load with every table
+resampled bicubically over its (2w - 1) x (2w - 1) offsets (``mim_jax.pretrained``,
+``vit.resize_offset_table``); the sin-cos position table is not a parameter and is rebuilt.
 """
 
 import dataclasses

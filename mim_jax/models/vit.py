@@ -166,6 +166,65 @@ def parse_variant(variant: str):
                      f"{sorted(VIT_SIZES)}, e.g. 'B/16'") from None
 
 
+# Relative position tables learnt on one grid of offsets and loaded into a model with another
+# (a new window size or image size at fine-tuning; mim_jax.pretrained) are resampled with
+# PyTorch's bicubic rule, F.interpolate(mode='bicubic', align_corners=False), the rule of
+# MixMIM's fine-tuning loader (Sense-X/MixMIM, util/pos_embed.py). SimMIM's own loader instead
+# samples a geometrically stretched grid with SciPy cubic splines (BEiT's method); not offered.
+CUBIC_A = -0.75  # the free parameter of Keys' cubic convolution kernel in PyTorch's bicubic
+
+
+def cubic_weight(x, a: float = CUBIC_A):
+  """Keys' cubic convolution kernel at offsets ``x`` (float64; zero where |x| >= 2)."""
+  x = np.abs(np.asarray(x, np.float64))
+  near = ((a + 2) * x - (a + 3)) * x * x + 1
+  far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+  return np.where(x <= 1, near, np.where(x < 2, far, 0.0))
+
+
+def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """[n_out, n_in] float64 weights of a 1-D bicubic resize of n_in samples to n_out.
+
+  Output sample i reads the input at x = (i + 0.5) * n_in / n_out - 0.5 (half-pixel centres, x
+  not clamped) from the four samples floor(x) - 1 .. floor(x) + 2, sample j weighted by
+  ``cubic_weight(x - j)``; an index beyond either end reads the end sample. No antialiasing
+  when shrinking. Equal sizes give the identity.
+  """
+  if n_in < 1 or n_out < 1:
+    raise ValueError(f"cannot resize {n_in} samples to {n_out}")
+  x = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+  first = np.floor(x).astype(np.int64) - 1
+  rows = np.arange(n_out)
+  out = np.zeros((n_out, n_in))
+  for k in range(4):
+    j = first + k
+    np.add.at(out, (rows, np.clip(j, 0, n_in - 1)), cubic_weight(x - j))
+  return out
+
+
+def resize_offset_table(table, grid_in, grid_out, extra: int = 0) -> np.ndarray:
+  """Per-head values on a grid of 2-D offsets, resampled to another grid (``bicubic_matrix``
+  along rows, then columns; each head on its own).
+
+  table: [..., r * c + extra, heads] with the first r * c entries the row-major ``grid_in``
+  (r, c) of offsets and the last ``extra`` entries outside that grid (the [CLS] terms of
+  ``RelativePositionBias``), which are kept as they are. Leading axes (stacked blocks) are
+  carried along. Returns [..., r' * c' + extra, heads] for ``grid_out`` (r', c'), in the
+  table's dtype; the arithmetic is float64.
+  """
+  table = np.asarray(table)
+  (ri, ci), (ro, co) = grid_in, grid_out
+  n = ri * ci
+  if table.ndim < 2 or table.shape[-2] != n + extra:
+    raise ValueError(f"a table of {ri}x{ci} offsets and {extra} other entries has {n + extra} "
+                     f"rows, got shape {table.shape}")
+  lead, heads = table.shape[:-2], table.shape[-1]
+  grid = table[..., :n, :].astype(np.float64).reshape(*lead, ri, ci, heads)
+  out = np.einsum("ai,bj,...ijh->...abh", bicubic_matrix(ri, ro), bicubic_matrix(ci, co), grid)
+  out = np.concatenate([out.reshape(*lead, ro * co, heads), table[..., n:, :]], axis=-2)
+  return out.astype(table.dtype)
+
+
 class RelativePositionBias(nn.Module):
   """BEiT's relative position bias on a ``grid`` of patches plus a [CLS] token.
 
@@ -173,6 +232,10 @@ class RelativePositionBias(nn.Module):
   patches, and three for [CLS] -> patch, patch -> [CLS] and [CLS] -> [CLS]. Called with token ids
   ``ids`` [B, T'] (0 = [CLS], 1 + i = patch i), returns the bias among those tokens
   [B, heads, T', T']; with ``ids`` None, [1, heads, T, T] over all 1 + h*w tokens.
+
+  A checkpoint's table for another grid (another image or patch size) is resampled on load by
+  ``mim_jax.pretrained``: the (2h - 1) x (2w - 1) offsets bicubically (``resize_offset_table``),
+  the three [CLS] entries copied.
   """
   grid: tuple
   num_heads: int
