@@ -5,8 +5,10 @@
   python -m mim_jax.main --config configs/mlo_mae_cifar10.py:hypergrad=jvp --workdir runs/j
 
 CIFAR-10 from tfds (`cifar10`). ViT-B with 2x2 patches on 32x32 images (256 tokens, 192 masked
-by the masking network, 100.8 M parameters in it), sin-cos position embeddings made learnable,
-MAE decoder 512 / 8 / 16, normalized-pixel targets. The training split (50,000) is cut by id:
+by the masking network, 100.8 M parameters in it), sin-cos position tables of encoder and
+decoder made learnable (as the official models), MAE decoder 512 / 8 / 16, normalized-pixel
+targets (as the official code: its main sets norm_pix_loss=True and the store_true flag cannot
+turn it off). The training split (50,000) is cut by id:
 the first 40,000 for the MAE and the head, the last 10,000 for the masking network; the official
 test split is never used in training. 200 epochs of the 40,000 (a round = 2 MAE updates), batch
 256 for every level, AdamW (0.9, 0.95), cosine per level, no warmup; lrs 1e-4 (MAE, weight decay
@@ -17,8 +19,10 @@ Where the official code (main_cifar10.py) differs from the paper (set them to re
   batch 128 per level (--config.batch_size=128)
   head and masking lr 1e-3 (--config.mlo.head_lr=1e-3 --config.mlo.masker_lr=1e-3)
   stage I on all 50,000 images, leaking stage III's part (--config.mlo.stage1_uses_all_train=True)
-  pixel targets without normalization (--config.model.norm_pix_loss=False)
   augmentation RandomCrop(32, pad 4) + flip (ours: RandomResizedCrop(0.2-1) + flip, as MAE)
+  its iteration count, 2 x 200 x (40,000 // 128 + 1) = 125,200, counts MAE updates of 128: 320
+  passes over the 50,000 images its stage I reads (as many MAE updates: batch 128 with
+  --config.total_epochs=320 and stage1_uses_all_train, or 400 on the 40,000)
   each level's cosine spans all theta updates, so the head's and masker's lr only fall to half.
 Reported fine-tune top-1 (ViT-B/2, 100 epochs, configs of evaluation.md): MLO-MAE 96.2 vs MAE
 93.7 vs 82.3 from scratch.

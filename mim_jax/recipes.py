@@ -231,8 +231,9 @@ def mlo_mae(hypergrad: str):
   """An MLO-MAE config with what every MLO-MAE recipe shares (mlo_mae.md): the hypergradient
   mode (the config argument ``hypergrad``, checked), rounds of K = 2 MAE updates, mask 0.75, the
   training split cut 80 / 20, weight decay 0.01 on the head and the masking network (PyTorch
-  AdamW's default, which the official code keeps), float32 (finite differences perturb theta by
-  0.01 / ||v||, below bfloat16's resolution)."""
+  AdamW's default, which the official code keeps), sin-cos position tables of encoder and
+  decoder trained as parameters (the official models set requires_grad on both), float32
+  (finite differences perturb theta by 0.01 / ||v||, below bfloat16's resolution)."""
   from mim_jax.config import base_config, choose  # pylint: disable=g-import-not-at-top
   from mim_jax.methods.mlo_mae import HYPERGRADS  # pylint: disable=g-import-not-at-top
   c = base_config("mlo_mae")
@@ -240,6 +241,7 @@ def mlo_mae(hypergrad: str):
   c.mlo.unroll_steps = 2
   c.mlo.heldout_fraction = 0.2
   c.mlo.head_weight_decay = c.mlo.masker_weight_decay = 0.01
+  c.mlo.learnable_pos = c.mlo.learnable_decoder_pos = True
   c.model.mask_ratio = 0.75
   c.compute_dtype = "float32"
   return c

@@ -84,6 +84,58 @@ def test_holdout_splits_check_their_input():
 
 
 # ------------------------------------------------------------------------------------------
+# The decoder's position table: a theta parameter when mlo.learnable_decoder_pos is on.
+# ------------------------------------------------------------------------------------------
+def test_learnable_decoder_table_is_a_trained_theta_parameter():
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.uniform(-1, 1, size=(8, 16, 16, 1)), jnp.float32)}
+  table = sincos_2d(32, 4, 4, cls_token=True)[None]
+  methods_ = {on: build(tiny_config(**{"mlo.learnable_decoder_pos": bool(on)})) for on in (0, 1)}
+  p_on = jax.jit(methods_[1].init)(jax.random.key(0))
+  np.testing.assert_array_equal(p_on["decoder"]["pos_embed"], table)   # starts as sin-cos
+  # Off, the table is no parameter; the rest is the same, and so is the loss from the same start.
+  p_off = dict(p_on, decoder={k: v for k, v in p_on["decoder"].items() if k != "pos_embed"})
+  shapes = jax.eval_shape(methods_[0].init, jax.random.key(0))
+  assert jax.tree.structure(shapes) == jax.tree.structure(p_off)
+  loss_off = jax.jit(methods_[0].loss_p)(theta_of(p_off), p_off["masker"], batch)
+  loss_on, grads = jax.jit(jax.value_and_grad(methods_[1].loss_p))(
+      theta_of(p_on), p_on["masker"], batch)
+  assert float(loss_on) == pytest.approx(float(loss_off), rel=1e-6)
+  # The reconstruction gives it a gradient (every patch row) and the MAE's AdamW (the theta
+  # level, lr > 0 without warmup) moves it.
+  g = np.asarray(grads["decoder"]["pos_embed"])
+  assert np.all(np.abs(g[0, 1:]).max(-1) > 0)
+  c = tiny_config()
+  tx = methods_[1].optimizer(*train.schedule_for(c, 1150, 32)).levels["theta"]
+  updates, _ = jax.jit(lambda g, t: tx.update(g, tx.init(t), t))(grads, theta_of(p_on))
+  assert np.abs(np.asarray(updates["decoder"]["pos_embed"])).max() > 0
+
+
+# ------------------------------------------------------------------------------------------
+# Mask statistics: how alive the learned mask is.
+# ------------------------------------------------------------------------------------------
+def test_mask_statistics_on_hand_made_probabilities(monkeypatch):
+  method = build(tiny_config())
+  # 4 images, 4 patches, 3 masked: images 0 and 1 mask the same patches (kept: 3), image 2
+  # keeps patch 0, image 3 keeps patch 1.
+  probs = np.array([[0.9, 0.8, 0.7, 0.1], [0.6, 0.7, 0.8, 1e-5],
+                    [0.2, 0.5, 0.6, 0.7], [0.99999, 0.3, 0.6, 0.7]], np.float32)
+  monkeypatch.setattr(method, "mask_probs", lambda theta, phi, patches: jnp.asarray(probs))
+  stats = jax.device_get(method.prob_stats(None, None, jnp.zeros((4, 16, 16, 1))))
+  mask = np.array([[1, 1, 1, 0], [1, 1, 1, 0], [0, 1, 1, 1], [1, 0, 1, 1]], np.float32)
+  assert stats["mask_pairs_differ"] == pytest.approx(10 / 12)   # 12 ordered pairs, 2 alike
+  assert stats["mask_prob_image_std"] == pytest.approx(probs.std(0).mean(), rel=1e-5)
+  assert stats["mask_prob_saturated"] == pytest.approx(2 / 16)
+  assert stats["mask_prob_mean"] == pytest.approx(probs.mean(), rel=1e-6)
+  gap = probs[mask == 1].mean() - probs[mask == 0].mean()
+  assert stats["mask_prob_gap"] == pytest.approx(gap, rel=1e-5)
+  same = np.tile(probs[:1], (4, 1))                          # one mask for every image
+  monkeypatch.setattr(method, "mask_probs", lambda theta, phi, patches: jnp.asarray(same))
+  stats = jax.device_get(method.prob_stats(None, None, jnp.zeros((4, 16, 16, 1))))
+  assert stats["mask_pairs_differ"] == 0 and stats["mask_prob_image_std"] == 0
+
+
+# ------------------------------------------------------------------------------------------
 # One round: K theta steps, a psi step, a phi step.
 # ------------------------------------------------------------------------------------------
 def round_inputs(c):

@@ -7,6 +7,9 @@ Three parameter sets under ``params``:
   phi   = ``masker`` (``models.masking_net``)          stage III: L_M, the same cross-entropy on a
                                                                    held-out part, through theta, psi.
 
+The position tables of encoder and decoder start as sin-cos and are theta parameters
+(``mlo.learnable_pos``, ``mlo.learnable_decoder_pos``), as in the official models.
+
 The masking network reads the encoder's own patch + position embeddings and gives a probability
 per patch; the ``int(L * ratio)`` most probable patches are masked (``masking.topk_masking``) and
 L_P weighs each masked patch's error by its probability (``losses.probability_weighted_mse``).
@@ -29,6 +32,7 @@ from ml_collections import ConfigDict
 from mim_jax import data, hypergrad, losses, masking, optim
 from mim_jax.methods.mae import MAE
 from mim_jax.models.classifier import FeatureHead
+from mim_jax.models.mae import MAE as MAEModel
 from mim_jax.models.mae import ViTEncoder
 from mim_jax.models.masking_net import MaskingNet
 from mim_jax.patches import patchify
@@ -83,7 +87,8 @@ def xla_attention(config: ConfigDict) -> ConfigDict:
 
 class MLOMAE(MAE):
   rng_streams = ()  # the masks are learned; the head's dropout keys are drawn in the step
-  progress_keys = ("loss_m", "hypergrad_norm", "mask_prob_gap")   # on each progress line
+  progress_keys = ("loss_f", "loss_m", "hypergrad_norm", "mask_prob_image_std",
+                   "mask_pairs_differ")   # on each progress line
 
   def __init__(self, config: ConfigDict, channels: int, num_classes: int = 0, data_info=None):
     if config.model.masking != "random":
@@ -100,6 +105,8 @@ class MLOMAE(MAE):
       raise ValueError(f"mlo.hypergrad must be one of {HYPERGRADS}, got {self.mode!r}")
     if o.unroll_steps < 1:
       raise ValueError(f"mlo.unroll_steps must be >= 1, got {o.unroll_steps}")
+    if o.learnable_decoder_pos:   # the decoder's sin-cos table trained too (official models)
+      self.model = MAEModel(self.encoder.module, self.model.decoder.clone(learnable_pos=True))
     self.num_classes = num_classes
     self.head = FeatureHead(num_classes, o.head_dropout)
     self.masker = MaskingNet(o.masker_hidden, dtype=self.dtype)
@@ -107,6 +114,8 @@ class MLOMAE(MAE):
 
   @staticmethod
   def encoder_options(config) -> dict:
+    """``mlo.learnable_pos``: the encoder's sin-cos table is a parameter (its decoder's:
+    ``mlo.learnable_decoder_pos``, set in ``__init__``)."""
     return {"learnable_pos": config.mlo.learnable_pos}
 
   # --------------------------------------------------------------------------------------------
@@ -259,15 +268,29 @@ class MLOMAE(MAE):
     return [{"image": part(batch["image"], k)} for k in range(self.steps)]
 
   def prob_stats(self, theta, phi, images):
-    """Mean of the masking probabilities, their spread over the patches of an image (std,
-    averaged over images), and the gap between masked and kept patches' mean probability."""
+    """How alive the learned mask is, on a batch of images [B, H, W, C]:
+      mask_prob_mean       mean masking probability;
+      mask_prob_std        spread over the patches of an image (std, averaged over images);
+      mask_prob_gap        masked minus kept patches' mean probability;
+      mask_prob_image_std  spread over the images (std of each patch's probability across the
+                           batch, averaged over patches): 0 when every image gets the same p;
+      mask_pairs_differ    the share of image pairs whose top-k masks differ: 0 = one mask for
+                           every image;
+      mask_prob_saturated  the share of probabilities within 1e-4 of 0 or 1, where the sigmoid
+                           passes (almost) no gradient."""
     probs = jax.lax.stop_gradient(
         self.mask_probs(theta, phi, patchify(images, self.patch_size)))
     _, _, mask = masking.topk_masking(probs, self.mask_ratio)
     gap = (jnp.sum(probs * mask) / jnp.sum(mask)
            - jnp.sum(probs * (1 - mask)) / jnp.maximum(jnp.sum(1 - mask), 1.0))
+    b = probs.shape[0]
+    overlap = mask @ mask.T                       # masked patches two images share
+    same = overlap >= jnp.sum(mask[0]) - 0.5      # every image masks the same count
+    pairs_differ = (b * b - jnp.sum(same)) / max(b * (b - 1), 1)
+    saturated = jnp.mean((probs < 1e-4) | (probs > 1 - 1e-4))
     return {"mask_prob_mean": probs.mean(), "mask_prob_std": probs.std(axis=1).mean(),
-            "mask_prob_gap": gap}
+            "mask_prob_gap": gap, "mask_prob_image_std": probs.std(axis=0).mean(),
+            "mask_pairs_differ": pairs_differ, "mask_prob_saturated": saturated}
 
   # --------------------------------------------------------------------------------------------
   # The PNG: original | masked by the learned mask | reconstruction | probabilities.

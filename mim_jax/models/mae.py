@@ -127,7 +127,8 @@ class MAEDecoder(nn.Module):
   ``ids_restore`` [B, L] un-shuffles ``[encoded..., filled...]`` into image order. With
   ``ids_decode`` [B, K'] only those positions are decoded (AMT drops the thrown ones after their
   position embedding is added) and the predictions [B, K', p*p*C] follow that order; else
-  [B, L, p*p*C] in image order.
+  [B, L, p*p*C] in image order. ``learnable_pos``: the sin-cos table is a parameter
+  ``pos_embed`` [1, 1 + L, width] that starts from it (MLO-MAE's official models); else fixed.
   """
   width: int
   depth: int
@@ -139,6 +140,7 @@ class MAEDecoder(nn.Module):
   remat: str = "none"
   scan: bool = False
   attention: str = "auto"         # vit.BlockOptions.attention
+  learnable_pos: bool = False
 
   @nn.compact
   def __call__(self, latent, ids_restore, ids_decode=None):
@@ -149,7 +151,10 @@ class MAEDecoder(nn.Module):
     fill = jnp.broadcast_to(mask_token.astype(x.dtype), (b, num_patches - kept, self.width))
     tokens = _gather_tokens(jnp.concatenate([x[:, 1:], fill], axis=1), ids_restore)
     x = jnp.concatenate([x[:, :1], tokens], axis=1)
-    x = x + jnp.asarray(sincos_2d(self.width, *self.grid, cls_token=True), x.dtype)[None]
+    table = sincos_2d(self.width, *self.grid, cls_token=True)[None]
+    if self.learnable_pos:
+      table = self.param("pos_embed", lambda key, shape: jnp.asarray(table), table.shape)
+    x = x + jnp.asarray(table, x.dtype)
     if ids_decode is not None:
       x = jnp.concatenate([x[:, :1], _gather_tokens(x[:, 1:], ids_decode)], axis=1)
     x = Transformer(self.depth, self.heads, self.mlp_ratio, dtype=self.dtype, remat=self.remat,
