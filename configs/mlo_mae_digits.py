@@ -20,10 +20,10 @@ Head and masking network: AdamW, weight decay 0.01, cosine to 0, no warmup. Head
 official code's); masking-network lr 1e-5, chosen for this small problem (measured 2026-12-03,
 RESULTS.md). Its first layer sees L * dim = 2048 inputs and AdamW moves every weight by ~lr
 per step, so each update moves a pre-activation by up to ~lr * 2048:
-  1e-3 (the official code's): the sigmoid saturates within 10-30 rounds: most patches at
-       p = 1.0 exactly, top-k then breaks the ties by position (one mask for every image from
-       round ~10) and the hypergradient is exactly 0 from round ~30; the probe ended 5.3
-       points under random init (RESULTS.md).
+  1e-3 (the official code's): the sigmoid saturates within 10-30 rounds: one mask for every
+       image from round ~10 (by round 141 the same 12 patches sit at p = 1.0 exactly in every
+       image), the hypergradient is exactly 0 from round ~30; the probe ended 5.3 points under
+       random init (RESULTS.md).
   1e-4 (run with head lr 1e-2): the probabilities sink towards 0 (the MAE's loss also pushes
        them down through the encoder's embedding): mean 0.005 by round 200, 88 % of them
        within 1e-4 of 0 at the end; the weighted MAE loss vanishes, the hypergradient falls to
