@@ -8,11 +8,12 @@ Hardware: 2 CPU cores (also runs on one GPU), under 10 minutes. The 8x8 grey dig
 encoder 128 wide / 4 blocks, decoder 64 / 2. (With 2x2 patches each patch is one original pixel
 and reconstruction becomes interpolation: slower, and the probe gained less.)
 
-The fast probe fits a logistic regression on mean-pooled encoder features of a fixed subset of
-300 labelled training images and scores the 360 test images. Few labels on purpose: with all 1437
-labels even a random-init encoder reaches ~0.85 (raw pixels ~0.95), which hides what
-pre-training learned. At the end the run prints the probe accuracy of the pre-trained encoder next
-to the same probe at random init. Measured: README, Results.
+The fast probe fits a logistic regression on mean-pooled encoder features of a fixed,
+class-stratified draw of 300 labelled training images and scores the evaluation split (digits:
+the 360 test images; another dataset: its validation / val / test split). Few labels on
+purpose: with all 1437 labels even a random-init encoder reaches ~0.85 (raw pixels ~0.95), which
+hides what pre-training learned. At the end the run prints the probe accuracy of the pre-trained
+encoder next to the same probe at random init. Measured: README, Results.
 """
 
 from mim_jax import recipes

@@ -8,12 +8,13 @@ CIFAR-10 from tfds (`cifar10`). ViT-B with 2x2 patches on 32x32 images (256 toke
 by the masking network, 100.8 M parameters in it), sin-cos position tables of encoder and
 decoder made learnable (as the official models), MAE decoder 512 / 8 / 16, normalized-pixel
 targets (as the official code: its main sets norm_pix_loss=True and the store_true flag cannot
-turn it off). The training split (50,000) is cut by id:
-the first 40,000 for the MAE and the head, the last 10,000 for the masking network; the official
-test split is never used in training. 200 epochs of the 40,000 (a round = 2 MAE updates), batch
-256 for every level, AdamW (0.9, 0.95), cosine per level, no warmup; lrs 1e-4 (MAE, weight decay
-1e-3), 4e-5 (head and masking network, weight decay 0.01); head dropout 0.1. float32: the
-finite differences perturb theta by 0.01 / ||v|| in all, below bfloat16's resolution.
+turn it off). The training split (50,000) is cut in two: a seeded, class-stratified draw of
+10,000 for the masking network, the other 40,000 for the MAE and the head (the official code:
+the first 40,000 and the last 10,000); the official test split is never used in training. 200
+epochs of the 40,000 (a round = 2 MAE updates), batch 256 for every level, AdamW (0.9, 0.95),
+cosine per level, no warmup; lrs 1e-4 (MAE, weight decay 1e-3), 4e-5 (head and masking network,
+weight decay 0.01); head dropout 0.1. float32: the finite differences perturb theta by
+0.01 / ||v|| in all, below bfloat16's resolution.
 
 Where the official code (main_cifar10.py) differs from the paper (set them to reproduce it):
   batch 128 per level (--config.batch_size=128)
@@ -51,7 +52,7 @@ def get_config(arg=None):
   c.log_every = 50
   c.image_every = 2000
   c.checkpoint.every_steps = 1000
-  c.probe.train_split, c.probe.test_split = "train", "test"
+  c.probe.train_split, c.probe.test_split = "train", "evaluation"   # cifar10: test
   c.probe.train_examples = c.probe.test_examples = 10_000
   c.probe.every_steps = 5000
   if arg.runlocal:  # a few rounds of a tiny model on CPU, to check the wiring

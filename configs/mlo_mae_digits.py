@@ -6,10 +6,10 @@
 
 Model, data, probe and the MAE's optimizer: as mae_digits (encoder 128 wide / 4 blocks on 4x4
 patches of 16x16 images, 16 tokens, 12 masked; decoder 64 / 2; blr 1.5e-3 at batch 128; pixel
-targets). The training split (1437 images) is cut by id: the first 80 % (1150) for the MAE and
-the classification head, the last 20 % (287) for the masking network. The probe is mae_digits'
-(300 labelled training images, the 360 test images), which the three levels never see as held-out
-data.
+targets). The training split (1437 images) is cut in two: a seeded (config.seed), class-stratified
+draw of 20 % (287) for the masking network, the other 80 % (1150) for the MAE and the
+classification head. The probe is mae_digits' (a draw of 300 labelled training images, the 360
+test images), which the three levels never see as held-out data.
 
 A step is one round: 2 MAE updates of 128 images, one head update, one masking-network update
 (heads of 128 images each). Budget: mae_digits' 1100 MAE updates of 128 images (110 of warmup),

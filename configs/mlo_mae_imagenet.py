@@ -6,8 +6,9 @@
 
 ViT-B/16 at 224 px (196 tokens, 147 masked; masking network 77.2 M parameters), MAE decoder
 512 / 8 / 16, normalized pixels, RandomResizedCrop(0.2-1) + flip, 50 epochs, sin-cos position
-tables of encoder and decoder made learnable. The training split is cut by id 80/20 (stages I and
-II / stage III); the validation split is never trained on.
+tables of encoder and decoder made learnable. The training split is cut 80/20 (stages I and II /
+stage III: a seeded draw of 20 %, uniform since ImageNet's training split is too large to read
+its labels first); the validation split is never trained on.
 
 The released code (main_imagenet.py, 2 GPUs x 128 images), as it actually runs: it builds its
 three AdamW optimizers before it rescales the lrs by batch / 256, so the rescale never reaches

@@ -12,9 +12,15 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mim_jax.errors import CheckpointWriteError, UserError, write_failure
 
-class CheckpointMismatchError(ValueError):
+
+class CheckpointMismatchError(UserError, ValueError):
   """The checkpoint's parameters do not fit the model being built."""
+
+
+class NoCheckpointError(UserError, FileNotFoundError):
+  """A workdir to start from (``init_from``) holds no usable checkpoint."""
 
 
 def _paths_and_shapes(tree):
@@ -38,7 +44,9 @@ def check_compatible(saved, target, source: str) -> None:
     more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
     raise CheckpointMismatchError(
         f"checkpoint {source} does not match the model's architecture "
-        f"({len(problems)} differences):\n  {shown}{more}")
+        f"({len(problems)} differences):\n  {shown}{more}\n"
+        f"Set the model config (model.*) to the checkpoint's (its workdir's config.json has it), "
+        f"or start from a checkpoint of this architecture.")
 
 
 ITEMS = ("params", "opt_state", "extra")
@@ -49,6 +57,15 @@ def _items(state):
   (a converted checkpoint, ``mim_jax.convert``, has ``params`` alone)."""
   return [n for n in ITEMS
           if n in state and (n != "extra" or jax.tree.leaves(state["extra"]))]
+
+
+def finished_steps(workdir: str) -> list:
+  """Steps of the workdir's complete checkpoints on disk (orbax renames a step's directory to
+  its number only when it is complete)."""
+  try:
+    return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+  except OSError:
+    return []
 
 
 class Checkpointer:
@@ -63,6 +80,9 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={name: ocp.StandardCheckpointHandler() for name in ITEMS})
+    self._saving = None   # the step of the latest save started
+    self._checked = None  # the latest save known to have ended well
+    self.failed = False
 
   def latest_step(self):
     return self.manager.latest_step()
@@ -70,9 +90,32 @@ class Checkpointer:
   def save(self, step: int, state) -> None:
     """Starts saving ``state`` (a dict with params, opt_state and maybe extra) at ``step``;
     returns at once when asynchronous. The step directory appears only when complete (atomic
-    rename)."""
-    self.manager.save(step, args=ocp.args.Composite(**{
-        name: ocp.args.StandardSave(state[name]) for name in _items(state)}), force=True)
+    rename). A failed write (this one or an earlier asynchronous one) raises
+    CheckpointWriteError."""
+    self.wait()  # orbax would wait for the previous save too: its failure is its own
+    try:
+      self.manager.save(step, args=ocp.args.Composite(**{
+          name: ocp.args.StandardSave(state[name]) for name in _items(state)}), force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      self._fail(step, e)
+    self._saving = step
+
+  def raise_if_failed(self) -> None:
+    """Raises CheckpointWriteError if the latest asynchronous save has ended in failure. Cheap
+    enough for every step: it looks once the save is no longer in progress, once per save."""
+    if self._saving is None or self.failed or self._checked == self._saving:
+      return
+    if self.manager.is_saving_in_progress():
+      return
+    self._checked = self._saving
+    self.wait()  # the save has ended: returns at once, or raises its failure
+
+  def _fail(self, step, error):
+    self.failed = True
+    good = [s for s in finished_steps(os.path.dirname(self.directory)) if s != step]
+    last = f"step {max(good)} in {self.directory}" if good else "none"
+    raise CheckpointWriteError(f"writing the checkpoint of step {step} failed: "
+                               f"{write_failure(error) or _first_line(error)}; last good checkpoint: {last}") from error
 
   def _check(self, step, name, target):
     saved = self.manager.item_metadata(step)[name]
@@ -97,11 +140,32 @@ class Checkpointer:
     return restored["params"]
 
   def wait(self):
-    self.manager.wait_until_finished()
+    """Waits for the asynchronous save; CheckpointWriteError if it failed."""
+    if self.failed or self._saving is None:
+      return
+    try:
+      self.manager.wait_until_finished()
+      self.manager.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except
+      self._fail(self._saving, e)
 
   def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for the last save (CheckpointWriteError if it failed) and closes. After a failure
+    it still waits for what orbax has in flight (which fails too, quietly), so that nothing
+    writes once closed."""
+    try:
+      self.wait()
+    finally:
+      try:
+        if self.failed:
+          try:
+            self.manager.wait_until_finished()
+          except Exception:  # pylint: disable=broad-except
+            pass
+        self.manager.close()
+      except Exception:  # pylint: disable=broad-except
+        if not self.failed:
+          raise
 
 
 def open_run(workdir: str, step: int = -1):
@@ -109,16 +173,16 @@ def open_run(workdir: str, step: int = -1):
   The caller closes the Checkpointer."""
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(ckpt_dir):
-    raise FileNotFoundError(f"init_from: no checkpoints in {ckpt_dir!r}")
+    raise NoCheckpointError(f"init_from: no checkpoints in {ckpt_dir!r}")
   ckpt = Checkpointer(workdir, read_only=True, async_save=False)
   steps = ckpt.manager.all_steps()
   if not steps:
     ckpt.close()
-    raise FileNotFoundError(f"init_from: {ckpt_dir!r} holds no finished checkpoint")
+    raise NoCheckpointError(f"init_from: {ckpt_dir!r} holds no finished checkpoint")
   step = max(steps) if step < 0 else step
   if step not in steps:
     ckpt.close()
-    raise FileNotFoundError(f"init_from: step {step} not in {ckpt_dir!r} (have {sorted(steps)})")
+    raise NoCheckpointError(f"init_from: step {step} not in {ckpt_dir!r} (have {sorted(steps)})")
   return ckpt, step
 
 
@@ -141,3 +205,8 @@ def abstract_sharded(tree, shardings):
   """ShapeDtypeStructs of ``tree`` placed with the matching leaf of ``shardings``."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s),
                       tree, shardings)
+
+
+def _first_line(error) -> str:
+  lines = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {lines[0][:300] if lines else ''}"

@@ -13,10 +13,14 @@ import importlib.util
 import json
 import os
 
+import traceback
+
 from ml_collections import ConfigDict
 
+from mim_jax.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
   """A config file or override that cannot be used."""
 
 
@@ -60,6 +64,9 @@ def base_config(method: str = "mae") -> ConfigDict:
   c.seed = 0
   # --- data ---
   c.dataset = "digits"           # digits | tfds:NAME | folder:PATH
+  # Splits: TFDS-style strings, sliced or not ('train[:80%]'), naming a base split of the
+  # dataset or a role: 'train', or 'evaluation' = the first of validation / val / test that the
+  # dataset has (digits: test; folder: its val/ or test/; ImageNet: validation).
   c.train_split = "train"
   c.image_size = 224
   c.data = ConfigDict(dict(
@@ -90,16 +97,18 @@ def base_config(method: str = "mae") -> ConfigDict:
   c.checkpoint = ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
   # --- fast probe evaluator (evaluation.md: a cheap curve during pre-training) ---
   c.probe = ConfigDict(dict(
-      enabled=True, every_steps=5000, train_split="train", test_split="validation",
-      train_examples=10_000, test_examples=10_000, batch_size=256, pool="cls",
+      enabled=True, every_steps=5000, train_split="train", test_split="evaluation",
+      train_examples=10_000, test_examples=10_000,  # seeded class-stratified draws (0 = all)
+      batch_size=256, pool="cls",
       random_init=False, l2=1e-3, max_iter=1000))
   # --- classification accuracy (fine-tuning, linear probing): top-1 / top-5 ---
-  c.eval = ConfigDict(dict(split="validation", every_steps=5000, batch_size=256,
-                           max_examples=0))      # 0 = the whole split
+  c.eval = ConfigDict(dict(split="evaluation", every_steps=5000, batch_size=256,
+                           max_examples=0))      # > 0: a seeded class-stratified draw; 0 = all
   # --- kNN evaluator (k nearest neighbours, cosine, temperature-weighted votes) ---
   c.knn = ConfigDict(dict(
-      enabled=False, every_steps=5000, train_split="train", test_split="validation",
-      train_examples=0, test_examples=0, batch_size=256, pool="cls", k=20, temperature=0.07))
+      enabled=False, every_steps=5000, train_split="train", test_split="evaluation",
+      train_examples=0, test_examples=0,  # > 0: seeded class-stratified draws; 0 = all
+      batch_size=256, pool="cls", k=20, temperature=0.07))
   # --- AMT: attention-driven masking and throwing (amt.md), on with model.masking='amt' ---
   c.amt = ConfigDict(dict(
       mask_ratio=0.45, throw_ratio=0.40,      # MAE's; SimMIM's are 0.44 / 0.26 (on mask cells)
@@ -141,7 +150,8 @@ def base_config(method: str = "mae") -> ConfigDict:
       fd_alpha=0.01,             # finite differences: eps = fd_alpha / ||direction||
       remat=True,                # unroll: recompute each inner step in the backward pass
       eps_root=1e-16,            # unroll: AdamW's eps inside the sqrt (differentiable at 0)
-      heldout_fraction=0.2,      # the last share of train_split (by id) for stage III
+      heldout_fraction=0.2,      # stage III's share of train_split: a class-stratified draw
+                                 #   (seed: config.seed); stages I and II get the rest
       stage1_uses_all_train=False,  # the official CIFAR code: stage I on all of train_split
       head_lr=4e-5, head_weight_decay=0.01, head_batch_size=0,        # psi; batch 0 = batch_size
       masker_lr=4e-5, masker_weight_decay=0.01, masker_batch_size=0,  # phi
@@ -172,7 +182,13 @@ def load(spec: str) -> ConfigDict:
     raise ConfigError(f"config file {path!r} not found")
   module_spec = importlib.util.spec_from_file_location("_mim_jax_config", path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  try:
+    module_spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ConfigError(f"config file {path!r} line {e.lineno}: syntax error: {e.msg}") from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f"config file {path!r} failed to load{_where(e, path)}: "
+                      f"{type(e).__name__}: {e}") from None
   if not hasattr(module, "get_config"):
     raise ConfigError(f"config file {path!r} has no get_config(arg)")
   try:
@@ -180,11 +196,20 @@ def load(spec: str) -> ConfigDict:
   except ConfigError:
     raise
   except (AttributeError, KeyError) as e:
-    raise ConfigError(f"config file {path!r} sets an unknown key: {e}") from None
+    raise ConfigError(f"config file {path!r} sets an unknown key{_where(e, path)}: {e}") from None
   except ValueError as e:
     raise ConfigError(f"config file {path!r}: {e}") from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f"config file {path!r}{_where(e, path)}: {type(e).__name__}: {e}") from None
   validate(config)
   return config
+
+
+def _where(error, path) -> str:
+  """' (line N)' of the innermost frame of ``error`` in the file ``path``, or ''."""
+  lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
+           if os.path.abspath(f.filename) == os.path.abspath(path)]
+  return f" (line {lines[-1]})" if lines else ""
 
 
 def _lookup(config, dotted):

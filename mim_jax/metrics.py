@@ -31,6 +31,28 @@ class MetricLogger:
     self._tb.write_scalars(int(step), scalars)
     self._tb.flush()
 
+  def truncate_after(self, step: int) -> int:
+    """Drops the rows of steps after ``step`` (-1: all rows), rewriting the file atomically;
+    returns how many were dropped. A resumed run calls it with the step it resumes from, so
+    that the steps it runs again are not in the file twice."""
+    if not self.active or not os.path.exists(self.jsonl_path):
+      return 0
+    with open(self.jsonl_path) as f:
+      lines = [line for line in f if line.strip()]
+    kept = []
+    for line in lines:
+      try:
+        if json.loads(line)["step"] <= step:
+          kept.append(line if line.endswith("\n") else line + "\n")
+      except (ValueError, KeyError):  # a line cut short by a kill: dropped with the rest
+        pass
+    if len(kept) < len(lines):
+      tmp = self.jsonl_path + ".tmp"
+      with open(tmp, "w") as f:
+        f.writelines(kept)
+      os.replace(tmp, self.jsonl_path)
+    return len(lines) - len(kept)
+
   def write_image(self, step: int, name: str, image: np.ndarray) -> None:
     if self.active:
       self._tb.write_images(int(step), {name: image[None]})

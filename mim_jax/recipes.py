@@ -74,8 +74,9 @@ def digits_mae_model(c):
 
 def digits_pretraining(c, runlocal: bool = False):
   """The digits demo's pre-training budget and fast probe (shared by MAE, SimMIM, AMT): batch
-  128, 100 epochs (10 warmup); the probe fits 300 labelled training images and scores the 360
-  test images, with mean-pooled features, also at random init. ``runlocal``: 4 epochs."""
+  128, 100 epochs (10 warmup); the probe fits a class-stratified draw of 300 labelled training
+  images and scores the evaluation split (digits: the 360 test images), with mean-pooled
+  features, also at random init. ``runlocal``: 4 epochs."""
   c.batch_size = 128
   c.total_epochs = 100.0
   c.warmup_epochs = 10.0
@@ -83,7 +84,7 @@ def digits_pretraining(c, runlocal: bool = False):
   c.image_every = 1000
   c.checkpoint.every_steps = 500
   c.probe.train_split = "train"
-  c.probe.test_split = "test"
+  c.probe.test_split = "evaluation"
   c.probe.every_steps = 500
   c.probe.train_examples = 300
   c.probe.test_examples = 360
@@ -101,11 +102,12 @@ def digits_pretraining(c, runlocal: bool = False):
 
 
 def digits_evaluation(c):
-  """Evaluation on the digits test split (all 360 images), batches of 120 (divides over 8)."""
-  c.eval.split = "test"
+  """Evaluation on the evaluation split (digits: all 360 test images), batches of 120 (divides
+  over 8)."""
+  c.eval.split = "evaluation"
   c.eval.batch_size = 120
   c.knn.train_split = "train"
-  c.knn.test_split = "test"
+  c.knn.test_split = "evaluation"
   c.knn.batch_size = 120
   c.probe.enabled = False
   return c
@@ -113,9 +115,14 @@ def digits_evaluation(c):
 
 def imagenet_pretraining(c):
   """A pre-training run's images and fast probe on ImageNet: a PNG every 5000 steps; the probe on
-  10,000 training / 10,000 validation images every 10,000 steps."""
+  class-stratified draws of 10,000 training / 10,000 validation images every 10,000 steps.
+
+  The training draw is taken from the first 4% of train (51,247 images): TFDS shuffles a
+  dataset when it prepares it, so they hold every class, and a draw spread over all of train
+  would read its whole range (~140 GB) at each probe; this one reads 4% of it (its labels
+  once). A share, not a count, so that the config runs on a smaller dataset too."""
   c.image_every = 5000
-  c.probe.train_split, c.probe.test_split = "train", "validation"
+  c.probe.train_split, c.probe.test_split = "train[:4%]", "evaluation"
   c.probe.train_examples = c.probe.test_examples = 10_000
   c.probe.every_steps = 10_000
   c.probe.batch_size = 512
@@ -129,9 +136,9 @@ def imagenet_run(c):
   c.train_split = "train"
   c.image_size = 224
   c.data.eval_crop_pct = 224 / 256
-  c.eval.split = "validation"
+  c.eval.split = "evaluation"       # ImageNet: validation
   c.knn.train_split = "train"
-  c.knn.test_split = "validation"
+  c.knn.test_split = "evaluation"
   c.compute_dtype = "bfloat16"
   c.log_every = 100
   c.checkpoint.every_steps = 2000
@@ -230,8 +237,9 @@ def shrink_for_cpu(c):
 def mlo_mae(hypergrad: str):
   """An MLO-MAE config with what every MLO-MAE recipe shares (mlo_mae.md): the hypergradient
   mode (the config argument ``hypergrad``, checked), rounds of K = 2 MAE updates, mask 0.75, the
-  training split cut 80 / 20, weight decay 0.01 on the head and the masking network (PyTorch
-  AdamW's default, which the official code keeps), sin-cos position tables of encoder and
+  training split cut 80 / 20 (a seeded, class-stratified draw of 20 % held out), weight decay
+  0.01 on the head and the masking network (PyTorch AdamW's default, which the official code
+  keeps), sin-cos position tables of encoder and
   decoder trained as parameters (the official models set requires_grad on both), float32
   (finite differences perturb theta by 0.01 / ||v||, below bfloat16's resolution)."""
   from mim_jax.config import base_config, choose  # pylint: disable=g-import-not-at-top

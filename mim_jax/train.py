@@ -7,11 +7,13 @@ A method (``mim_jax.methods``: a pre-training method or an evaluation protocol) 
 model and its loss; nothing here is specific to one method.
 """
 
+import contextlib
 import functools
+import io
 import logging
 import math
 import os
-import signal
+import sys
 import time
 import zlib
 
@@ -23,16 +25,15 @@ from jax.sharding import Mesh
 
 from mim_jax import checkpoint as ckpt_lib
 from mim_jax import config as config_lib
-from mim_jax import data, evaluators, methods, optim, pretrained, sharding, visualize
+from mim_jax import data, evaluators, methods, optim, preemption, pretrained, sharding, visualize
+from mim_jax import workdir as workdir_lib
+from mim_jax.config import ConfigError
+from mim_jax.errors import NonFiniteLossError, WriteError, write_failure
 from mim_jax.metrics import MetricLogger, format_duration, progress_line
 from mim_jax.models import layout
 from mim_jax.rng import stream_key
 
 log = logging.getLogger("mim_jax")
-
-
-class NonFiniteLossError(FloatingPointError):
-  """The loss or the gradients became NaN / inf."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,49 +134,58 @@ def jit_train_step(train_step, mesh, state_sharding=None):
                  out_shardings=(state_sharding, replicated), donate_argnums=0)
 
 
-class _Preemption:
-  """SIGTERM sets a flag; the loop saves a checkpoint and exits at the next step."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    log.warning("SIGTERM received: saving a checkpoint and stopping after this step")
-    self.requested = True
-
-  def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
-
-
 # ---------------------------------------------------------------------------------------------
 # The run.
 # ---------------------------------------------------------------------------------------------
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Pre-trains (or, with ``eval_only``, evaluates) and returns the final metrics."""
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:  # an evaluation of an existing workdir keeps its config.json
-    config_lib.save(config, workdir, "eval_config.json" if config.eval_only else "config.json")
+  """Pre-trains (or, with ``eval_only``, evaluates) and returns the final metrics.
+
+  The workdir is locked for the run (``mim_jax.workdir``); SIGTERM is handled from here on
+  (``mim_jax.preemption``) unless the caller already handles it (the entry point does, from its
+  first line)."""
+  owns_signal = preemption.install()
+  try:
+    lock = workdir_lib.acquire_for_run(workdir_lib.make(workdir))
+    try:
+      return _run(config, workdir)
+    except Exception as e:  # pylint: disable=broad-except
+      reason = None if isinstance(e, WriteError) else write_failure(e)
+      if reason is None:
+        raise
+      steps = ckpt_lib.finished_steps(workdir)
+      last = f"step {max(steps)}" if steps else "none"
+      where = getattr(e, "filename", None) or f"in {workdir}"
+      raise WriteError(f"{reason} writing {where}; last good checkpoint: {last}") from e
+    finally:
+      if lock is not None:
+        lock.release()
+  finally:
+    if owns_signal:
+      preemption.uninstall()
+
+
+def _run(config, workdir: str) -> dict:
   mesh = make_mesh(fsdp=config.mesh.fsdp)
   replicated, batched = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   if config.batch_size % jax.device_count():
-    raise ValueError(f"batch_size {config.batch_size} does not divide over "
-                     f"{jax.device_count()} devices")
+    raise ConfigError(f"batch_size {config.batch_size} does not divide over "
+                      f"{jax.device_count()} devices")
 
   info = data.dataset_info(config.data, config.dataset, config.train_split)
   method = methods.get(config.method)(config, info.channels, num_classes=info.num_classes,
                                       data_info=info)
   trains = hasattr(method, "loss")
   if not trains and not config.eval_only:
-    raise ValueError(f"method {config.method!r} trains nothing: run it with eval_only=True")
+    raise ConfigError(f"method {config.method!r} trains nothing: run it with "
+                      f"--config.eval_only=True")
   # The training streams: the train split, or those the method names (MLO-MAE: three). The
   # first is what epochs count passes over and images/s counts images of.
   streams = (method.data_streams(config.train_split, config.batch_size)
              if hasattr(method, "data_streams") else {"": (config.train_split, config.batch_size)})
   for name, (split, size) in streams.items():
     if size % jax.device_count():
-      raise ValueError(f"the batch of {size} images of stream {name or 'train'!r} does not "
-                       f"divide over {jax.device_count()} devices")
+      raise ConfigError(f"the batch of {size} images of stream {name or 'train'!r} does not "
+                        f"divide over {jax.device_count()} devices")
   main_split, step_images = next(iter(streams.values()))
   main_examples = data.dataset_info(config.data, config.dataset, main_split).num_examples
   # An epoch is a pass over that split, or the share of it a method says (MI-MAE).
@@ -209,127 +219,142 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # Restore: this workdir's latest checkpoint, else init_from's weights, else a fresh init.
   ckpt = ckpt_lib.Checkpointer(workdir, config.checkpoint.keep, config.checkpoint.async_save)
-  start = ckpt.latest_step()
-  if start is not None:
-    state = ckpt.restore(start, abstract_state, optimizer=not config.eval_only)
-    if "opt_state" not in state:
-      state["opt_state"] = jax.jit(tx.init, out_shardings=state_sharding["opt_state"])(
-          state["params"])
-    state["step"] = jax.device_put(jnp.asarray(start, jnp.int32), replicated)
-    state.setdefault("extra", {})
-    log.info("resumed from %s at step %d", ckpt.directory, start)
-  else:
-    start = 0
-    state = jax.jit(init, out_shardings=state_sharding)()
-    if config.init_from:
-      state = _initialize_from(config, method, state, abstract_state, state_sharding, mesh)
-
-  writer = MetricLogger(workdir)
-  evals = evaluators.build(config, method, mesh, info.num_classes)
-  results = {}
-  if config.eval_only:
-    if not evals:
-      raise ValueError("eval_only needs an evaluator: enable probe or knn, or use a method "
-                       "that classifies")
-    for evaluator in evals:
-      t0 = time.time()
-      results.update(evaluator.run(state))
-      log.info("%s at step %d (%.1fs): %s", evaluator.name, start, time.time() - t0,
-               _format(results, evaluator.name))
-    writer.write(start, results)
-    ckpt.close()
-    writer.close()
-    return results
-  probe = next((e for e in evals if e.name == "probe"), None)
-  if probe and config.probe.random_init and start == 0 and not config.init_from:
-    t0 = time.time()
-    random_init = probe.run(state, prefix="probe/random_init_")
-    writer.write(0, random_init)
-    log.info("probe of the encoder at random init: accuracy %.4f (%.1fs)",
-             random_init["probe/random_init_accuracy"], time.time() - t0)
-
-  reconstruct = None
-  if hasattr(method, "reconstruct"):
-    vis_images = _visualization_batch(config, batched)
-    reconstruct = jax.jit(method.reconstruct, out_shardings=replicated)
-  step_fns = {}  # one jitted step per stage of the method (most methods have one)
-
-  def step_fn_at(step):
-    stage = method.stage(step) if hasattr(method, "stage") else None
-    if stage not in step_fns:
-      step_fns[stage] = jit_train_step(
-          make_train_step(method, tx, schedule, base_key, config.ema_decay, stage), mesh,
-          state_sharding)
-    return step_fns[stage]
-
-  # Hooks run before the step they are due at (AMT's attention refresh).
-  hooks = method.step_hooks(mesh) if hasattr(method, "step_hooks") else []
-  train_its = {name: data.train_iterator(config.data, config.dataset, split,
-                                         global_batch_size=size, image_size=config.image_size,
-                                         seed=_stream_seed(config.seed, name), start_step=start)
-               for name, (split, size) in streams.items()}
-  train_it = train_its[""] if "" in train_its else data.Zip(train_its)
-  batches = data.device_prefetch(train_it, batched, size=config.data.prefetch)
-
-  preemption = _Preemption()
-  pending = []  # (step, metrics on device) since the last check: fetched in one go
-  window_start, window_steps, excluded = None, 0, 0.0
-
-  def flush(step):
-    """Fetches pending metrics, stops on a non-finite loss, logs means and a progress line."""
-    nonlocal window_start, window_steps, excluded
-    if not pending:
-      return
-    fetched = jax.device_get([m for _, m in pending])
-    for (s, _), m in zip(pending, fetched):
-      if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
-        last = ckpt.latest_step()
-        raise NonFiniteLossError(
-            f"non-finite loss ({m['loss']}) or gradient norm ({m['grad_norm']}) at step {s}; "
-            f"that update was not applied; last checkpoint: "
-            f"{'none' if last is None else f'step {last} in {ckpt.directory}'}")
-    means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
-    means["lr"] = float(fetched[-1]["lr"])
-    pending.clear()
-    row = dict(means, **{"data/skipped_images": getattr(train_it, "skipped_images", 0)})
-    if window_start is not None and window_steps:
-      elapsed = time.time() - window_start - excluded
-      row["images_per_sec"] = window_steps * step_images / max(elapsed, 1e-9)
-      eta = (total_steps - step) * elapsed / window_steps
-      extra = {k: means[k] for k in getattr(method, "progress_keys", ()) if k in means}
-      log.info(progress_line(step, total_steps, means["loss"], means["lr"],
-                             row["images_per_sec"], eta, extra))
-    writer.write(step, row)
-    window_start, window_steps, excluded = time.time(), 0, 0.0
-
-  def write_image(step, name, image):
-    if writer.active:
-      os.makedirs(os.path.join(workdir, "images"), exist_ok=True)
-      visualize.save_png(image, os.path.join(workdir, "images", f"{name}_{step:08d}.png"))
-    writer.write_image(step, name, image)
-
-  def visualize_now(step):
-    cols = jax.device_get(reconstruct(state["params"], vis_images,
-                                      stream_key(base_key, "visualize", step)))
-    write_image(step, "reconstruction", visualize.grid(cols, config.data.mean, config.data.std))
-
-  def run_hooks(state, step):
-    nonlocal excluded
-    for hook in hooks:
-      if hook.due(step):
-        t0 = time.time()
-        state, out, images = hook.run(state, step, stream_key(base_key, hook.name, step))
-        for name, image in images.items():
-          write_image(step, name, image)
-        if out:  # a hook that only logs (MI-MAE's CLUB switch) reports nothing here
-          writer.write(step, out)
-          log.info("step %d: %s (%.1fs)", step, _format(out, hook.name), time.time() - t0)
-        excluded += time.time() - t0
-    return state
-
-  step = start
-  t_start = time.time()
+  closers = [ckpt]  # closed when the run ends, however it ends
   try:
+    start = ckpt.latest_step()
+    resumed = start is not None
+    if resumed and not config.eval_only:  # before anything is restored or written
+      workdir_lib.check_resume(config, workdir, start)
+    if resumed:
+      state = ckpt.restore(start, abstract_state, optimizer=not config.eval_only)
+      if "opt_state" not in state:
+        state["opt_state"] = jax.jit(tx.init, out_shardings=state_sharding["opt_state"])(
+            state["params"])
+      state["step"] = jax.device_put(jnp.asarray(start, jnp.int32), replicated)
+      state.setdefault("extra", {})
+      log.info("resumed from %s at step %d", ckpt.directory, start)
+    else:
+      start = 0
+      state = jax.jit(init, out_shardings=state_sharding)()
+      if config.init_from:
+        state = _initialize_from(config, method, state, abstract_state, state_sharding, mesh)
+    if jax.process_index() == 0:  # only now: the config.json of a workdir describes its checkpoints
+      if config.eval_only:  # an evaluation of an existing workdir keeps its config.json
+        config_lib.save(config, workdir, "eval_config.json")
+      else:
+        workdir_lib.write_config(config, workdir, start)
+
+    writer = MetricLogger(workdir)
+    closers.append(writer)
+    if not config.eval_only:  # rows written after the checkpoint resumed from are replayed
+      dropped = writer.truncate_after(start if resumed else -1)
+      if dropped:
+        log.info("metrics.jsonl: %d rows after step %d, written after the checkpoint resumed "
+                 "from, were dropped (those steps run again)", dropped, start)
+    evals = evaluators.build(config, method, mesh, info.num_classes)
+    results = {}
+    if config.eval_only:
+      if not evals:
+        raise ConfigError("eval_only needs an evaluator: enable probe or knn, or use a method "
+                          "that classifies")
+      for evaluator in evals:
+        t0 = time.time()
+        results.update(evaluator.run(state))
+        log.info("%s at step %d (%.1fs): %s", evaluator.name, start, time.time() - t0,
+                 _format(results, evaluator.name))
+      writer.write(start, results)
+      return results
+    probe = next((e for e in evals if e.name == "probe"), None)
+    if probe and config.probe.random_init and start == 0 and not config.init_from:
+      t0 = time.time()
+      random_init = probe.run(state, prefix="probe/random_init_")
+      writer.write(0, random_init)
+      log.info("probe of the encoder at random init: accuracy %.4f (%.1fs)",
+               random_init["probe/random_init_accuracy"], time.time() - t0)
+
+    reconstruct = None
+    if hasattr(method, "reconstruct"):
+      vis_images = _visualization_batch(config, batched)
+      reconstruct = jax.jit(method.reconstruct, out_shardings=replicated)
+    step_fns = {}  # one jitted step per stage of the method (most methods have one)
+
+    def step_fn_at(step):
+      stage = method.stage(step) if hasattr(method, "stage") else None
+      if stage not in step_fns:
+        step_fns[stage] = jit_train_step(
+            make_train_step(method, tx, schedule, base_key, config.ema_decay, stage), mesh,
+            state_sharding)
+      return step_fns[stage]
+
+    # Hooks run before the step they are due at (AMT's attention refresh).
+    hooks = method.step_hooks(mesh) if hasattr(method, "step_hooks") else []
+    train_its = {name: data.train_iterator(config.data, config.dataset, split,
+                                           global_batch_size=size, image_size=config.image_size,
+                                           seed=_stream_seed(config.seed, name), start_step=start)
+                 for name, (split, size) in streams.items()}
+    train_it = train_its[""] if "" in train_its else data.Zip(train_its)
+    batches = data.device_prefetch(train_it, batched, size=config.data.prefetch)
+    closers.append(batches)
+    pending = []  # (step, metrics on device) since the last check: fetched in one go
+    window_start, window_steps, excluded = None, 0, 0.0
+
+    def flush(step):
+      """Fetches pending metrics, stops on a non-finite loss, logs means and a progress line."""
+      nonlocal window_start, window_steps, excluded
+      if not pending:
+        return
+      fetched = jax.device_get([m for _, m in pending])
+      for (s, _), m in zip(pending, fetched):
+        if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+          last = ckpt.latest_step()
+          raise NonFiniteLossError(
+              f"non-finite loss ({m['loss']}) or gradient norm ({m['grad_norm']}) at step {s}; "
+              f"that update was not applied; last checkpoint: "
+              f"{'none' if last is None else f'step {last} in {ckpt.directory}'}")
+      means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+      means["lr"] = float(fetched[-1]["lr"])
+      pending.clear()
+      row = dict(means, **{"data/skipped_images": getattr(train_it, "skipped_images", 0)})
+      if window_start is not None and window_steps:
+        elapsed = time.time() - window_start - excluded
+        row["images_per_sec"] = window_steps * step_images / max(elapsed, 1e-9)
+        eta = (total_steps - step) * elapsed / window_steps
+        extra = {k: means[k] for k in getattr(method, "progress_keys", ()) if k in means}
+        log.info(progress_line(step, total_steps, means["loss"], means["lr"],
+                               row["images_per_sec"], eta, extra))
+      writer.write(step, row)
+      window_start, window_steps, excluded = time.time(), 0, 0.0
+
+    def write_image(step, name, image):
+      if writer.active:
+        os.makedirs(os.path.join(workdir, "images"), exist_ok=True)
+        visualize.save_png(image, os.path.join(workdir, "images", f"{name}_{step:08d}.png"))
+      writer.write_image(step, name, image)
+
+    def visualize_now(step):
+      cols = jax.device_get(reconstruct(state["params"], vis_images,
+                                        stream_key(base_key, "visualize", step)))
+      write_image(step, "reconstruction", visualize.grid(cols, config.data.mean, config.data.std))
+
+    def run_hooks(state, step):
+      nonlocal excluded
+      for hook in hooks:
+        if hook.due(step):
+          t0 = time.time()
+          state, out, images = hook.run(state, step, stream_key(base_key, hook.name, step))
+          for name, image in images.items():
+            write_image(step, name, image)
+          if out:  # a hook that only logs (MI-MAE's CLUB switch) reports nothing here
+            writer.write(step, out)
+            log.info("step %d: %s (%.1fs)", step, _format(out, hook.name), time.time() - t0)
+          excluded += time.time() - t0
+      return state
+
+    step = start
+    t_start = time.time()
+    preemption.check()
+    preemption.training_started()  # from here SIGTERM saves a checkpoint at the next step
+    previous = None  # the metrics of the step before: at most two steps are queued on the device
     while step < total_steps:
       state = run_hooks(state, step)
       compiled = len(step_fns)
@@ -341,6 +366,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
       state, m = step_fn(state, next(batches))
       step += 1
       pending.append((step, m))
+      if previous is not None:  # so that a checkpoint can be taken at the next step boundary
+        jax.block_until_ready(previous["loss"])
+      previous = m
+      ckpt.raise_if_failed()
       if window_start is None:  # the first step includes compilation: time from its end
         jax.block_until_ready(m["loss"])
         stage = method.stage(step - 1) if hasattr(method, "stage") else None
@@ -350,15 +379,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
       else:
         window_steps += 1
       last = step == total_steps
-      preempted = preemption.requested or (
+      preempted = preemption.requested() or (
           jax.process_count() > 1 and ckpt.manager.reached_preemption(step))
-      if step % config.log_every == 0 or last or preempted:
-        flush(step)
+      save = step % config.checkpoint.every_steps == 0 or last or preempted
+      if step % config.log_every == 0 or save:
+        flush(step)  # a checkpoint's step is in metrics.jsonl before the checkpoint
       t0 = time.time()
       if reconstruct and (step % config.image_every == 0 or last):
         visualize_now(step)
-      if step % config.checkpoint.every_steps == 0 or last or preempted:
-        flush(step)
+      if save:
         ckpt.save(step, state)
       for evaluator in evals:
         if step % evaluator.every_steps == 0 or last:
@@ -371,21 +400,28 @@ def train_and_evaluate(config, workdir: str) -> dict:
         ckpt.wait()
         log.warning("preempted: checkpoint of step %d saved; run again to resume", step)
         return results
-  finally:
-    preemption.restore()
-    batches.close()
-    ckpt.close()
-    writer.close()
+    ckpt.wait()  # the last checkpoint is written (or its failure reported) before "done"
 
-  log.info("done: %d steps in %s", total_steps, format_duration(time.time() - t_start))
-  if "probe/accuracy" in results:
-    random_init = writer.last_value("probe/random_init_accuracy")
-    if random_init is not None:
-      results["probe/random_init_accuracy"] = random_init
-      log.info("probe accuracy: pre-trained %.4f vs random init %.4f (%+.1f points)",
-               results["probe/accuracy"], random_init,
-               100 * (results["probe/accuracy"] - random_init))
-  return results
+    log.info("done: %d steps in %s", total_steps, format_duration(time.time() - t_start))
+    if "probe/accuracy" in results:
+      random_init = writer.last_value("probe/random_init_accuracy")
+      if random_init is not None:
+        results["probe/random_init_accuracy"] = random_init
+        log.info("probe accuracy: pre-trained %.4f vs random init %.4f (%+.1f points)",
+                 results["probe/accuracy"], random_init,
+                 100 * (results["probe/accuracy"] - random_init))
+    return results
+  finally:
+    error = sys.exc_info()[1]  # an error on its way out is not hidden by another
+    # After a failed write, what is still being written fails too, noisily: that is muted.
+    with contextlib.redirect_stderr(io.StringIO()) if error is not None and (
+        isinstance(error, WriteError) or write_failure(error)) else contextlib.nullcontext():
+      for closer in reversed(closers):
+        try:
+          closer.close()
+        except Exception:  # pylint: disable=broad-except
+          if error is None:
+            raise
 
 
 def _initialize_from(config, method, state, abstract_state, shardings, mesh):

@@ -13,6 +13,7 @@ from PIL import Image
 from data_helpers import assert_batches_equal, make_config, take
 from mim_jax import data
 from mim_jax.data import sources, transforms
+from mim_jax.errors import DatasetError
 
 
 # ------------------------------------------------------------------- digits
@@ -124,7 +125,14 @@ def test_eval_iterator_covers_split_in_order_with_padding():
         assert all(b["image"].shape == (10, 8, 8, 1) for b in batches)
         per_host.append(np.concatenate([b["id"][b["mask"]] for b in batches]))
     np.testing.assert_array_equal(np.concatenate(per_host), np.arange(101))
-    assert eval_ids(cfg, "digits", "test", max_examples=50) == list(range(50))
+    # max_examples: a seeded, class-stratified draw (subsets), read in id order, not a prefix.
+    drawn = eval_ids(cfg, "digits", "test", max_examples=50)
+    labels = sources.open_source("digits", cfg).labels("test")
+    assert drawn == sorted(drawn) and len(set(drawn)) == 50 and drawn != list(range(50))
+    assert set(labels[drawn].tolist()) == set(range(10))
+    assert drawn == eval_ids(cfg, "digits", "test", max_examples=50, seed=0, batch=16)
+    assert drawn != eval_ids(cfg, "digits", "test", max_examples=50, seed=1)
+    assert eval_ids(cfg, "digits", "test", max_examples=500) == list(range(360))
 
 
 # ------------------------------------------------------------------- folder
@@ -298,24 +306,58 @@ def test_tfds_ids_match_content_and_corrupted_examples_are_skipped(mnist_metadat
 
 def test_missing_datasets_raise_clear_errors(tmp_path, image_folder):
     cfg = make_config(data_dir=str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="/nonexistent"):
+    with pytest.raises(DatasetError, match="'/nonexistent' does not exist.*folder:PATH") as e:
         data.dataset_info(cfg, "folder:/nonexistent", "train")
-    with pytest.raises(FileNotFoundError, match="split directory .*test"):
+    assert e.value.__cause__ is None
+    with pytest.raises(DatasetError, match=r"no split 'test'.*\['train', 'val'\].*'evaluation'"):
         data.train_iterator(cfg, f"folder:{image_folder}", "test", global_batch_size=2, image_size=8, seed=0)
-    with pytest.raises(FileNotFoundError, match=f"'mnist'.*{tmp_path}.*prepared"):
+    with pytest.raises(DatasetError, match=f"'mnist'.*{tmp_path}.*prepared.*tfds build mnist"):
         data.train_iterator(cfg, "tfds:mnist", "train", global_batch_size=2, image_size=8, seed=0)
-    with pytest.raises(ValueError, match="not a known TFDS dataset"):
+    with pytest.raises(DatasetError, match="not a known TFDS dataset") as e:
         data.dataset_info(cfg, "tfds:no_such_dataset_xyz", "train")
-    with pytest.raises(ValueError, match="'digits', 'tfds:NAME' or 'folder:PATH'"):
+    # TFDS' own message lists every dataset it knows: not in ours, and not chained.
+    assert len(str(e.value)) < 400 and "mnist" not in str(e.value) and e.value.__suppress_context__
+    with pytest.raises(DatasetError, match="did you mean 'mnist'"):
+        data.dataset_info(cfg, "tfds:mnistt", "train")
+    with pytest.raises(DatasetError, match="'digits', 'tfds:NAME' or 'folder:PATH'"):
         data.dataset_info(cfg, "imagenet", "train")
-    with pytest.raises(ValueError, match="train.*test"):
+    with pytest.raises(DatasetError, match=r"'digits'.*no split 'validation'.*\['train', 'test'\]"):
         data.dataset_info(cfg, "digits", "validation")
+    with pytest.raises(DatasetError, match=r"split 'train\[abc\]' does not parse"):
+        data.dataset_info(cfg, "digits", "train[abc]")
+    with pytest.raises(DatasetError, match="one base split"):
+        data.dataset_info(cfg, "digits", "train+test")
+    with pytest.raises(DatasetError, match="does not fit the 360 examples of its base split 'test'"):
+        data.dataset_info(cfg, "digits", "evaluation[:400]")
     with pytest.raises(ValueError, match="data.mean has 3 values but the dataset has 1 channel"):
         data.train_iterator(make_config(mean=(0.485, 0.456, 0.406)), "digits", "train",
                             global_batch_size=2, image_size=8, seed=0)
     with pytest.raises(ValueError, match="multiple of process_count"):
         data.eval_iterator(cfg, "digits", "test", global_batch_size=3, image_size=8,
                            process_index=0, process_count=2)
+
+
+def test_folder_errors_name_the_folder_and_the_fix(tmp_path):
+    cfg = make_config()
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(DatasetError, match="is a file, not a directory"):
+        data.dataset_info(cfg, f"folder:{tmp_path / 'file.txt'}", "train")
+    empty = tmp_path / "empty"
+    os.makedirs(empty / "train" / "a")
+    with pytest.raises(DatasetError, match=r"train' has class directories \['a'\] but no image"):
+        data.dataset_info(cfg, f"folder:{empty}", "train")
+    os.makedirs(empty / "val")
+    with pytest.raises(DatasetError, match="val' has no class directories"):
+        data.dataset_info(cfg, f"folder:{empty}", "evaluation")
+    odd = tmp_path / "odd"
+    for split, name in (("train", "a"), ("val", "a"), ("val", "zebra")):
+        os.makedirs(odd / split / name)
+        Image.new("RGB", (4, 4)).save(odd / split / name / "x.png")
+    with pytest.raises(DatasetError, match=r"classes that .*train' lacks: \['zebra'\]"):
+        data.dataset_info(cfg, f"folder:{odd}", "val")
+    with pytest.raises(DatasetError, match="no examples for host 1"):
+        data.train_iterator(cfg, f"folder:{odd}", "train", global_batch_size=2, image_size=8,
+                            seed=0, process_index=1, process_count=2)
 
 
 # --------------------------------------------------------------- transforms

@@ -12,6 +12,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from mim_jax import checkpoint as ckpt_lib
 from mim_jax import config as config_lib
 from mim_jax import data, hypergrad, methods, train
+from mim_jax.data import sources, subsets
+from mim_jax.errors import DatasetError
 from mim_jax.methods.mlo_mae import theta_of
 from mim_jax.models.posembed import sincos_2d
 from mim_jax.rng import stream_key
@@ -58,28 +60,46 @@ def test_heldout_split_never_overlaps_the_lower_levels(all_train):
   assert list(streams) == ["pretrain", "train", "heldout"]
   assert streams["pretrain"][1] == 2 * 16        # K = 2 batches per round
   n = data.dataset_info(c.data, c.dataset, "train").num_examples
-  cut = round(0.8 * n)
+  source = sources.open_source(c.dataset, c.data)
+  heldout = set(subsets.resolve(streams["heldout"][0], source)[1].tolist())
+  assert len(heldout) == round(0.2 * n)
+  # A draw stratified by class, not the last ids (digits' labels are not class-ordered, but a
+  # folder's are: its last 20 % would be its last classes only).
+  assert heldout != set(range(n - len(heldout), n))
+  labels = source.labels("train")
+  share = 0.2 * np.bincount(labels, minlength=10)
+  assert np.all(np.abs(np.bincount(labels[sorted(heldout)], minlength=10) - share) < 1)
   # Two epochs of the whole split for each stream: every id of its part shows up.
   seen = {name: stream_ids(c, split, 32, 2 * -(-n // 32))
           for name, (split, _) in streams.items()}
-  assert seen["heldout"] == set(range(cut, n))
-  assert seen["train"] == set(range(cut))
+  assert seen["heldout"] == heldout
+  assert seen["train"] == set(range(n)) - heldout
   assert not seen["heldout"] & seen["train"]
   if all_train:   # the official CIFAR code's stage I: all of the split, stage III's part too
     assert seen["pretrain"] == set(range(n))
   else:
-    assert seen["pretrain"] == set(range(cut)) and not seen["heldout"] & seen["pretrain"]
-  # Never the test split: every stream is a range of the training split.
-  assert all(split.partition("[")[0] == "train" for split, _ in streams.values())
+    assert seen["pretrain"] == seen["train"] and not seen["heldout"] & seen["pretrain"]
+  # Never the test split: every stream is (a part of) the training split.
+  assert all((split.split if isinstance(split, data.Subset) else split) == "train"
+             for split, _ in streams.values())
+  # The draw follows config.seed, and is the same for the same seed.
+  again = build(c).data_streams(c.train_split, 16)["heldout"][0]
+  assert set(subsets.resolve(again, source)[1].tolist()) == heldout
+  other = build(tiny_config(seed=1)).data_streams(c.train_split, 16)["heldout"][0]
+  assert set(subsets.resolve(other, source)[1].tolist()) != heldout
 
 
 def test_holdout_splits_check_their_input():
   c = tiny_config()
-  assert data.holdout_splits(c.data, "digits", "train[100:200]", 0.25) == \
-      ("train[100:175]", "train[175:200]")
+  kept, heldout = data.holdout_splits(c.data, "digits", "train[100:200]", 0.25)
+  source = sources.open_source("digits", c.data)
+  kept_ids, heldout_ids = (subsets.resolve(s, source)[1] for s in (kept, heldout))
+  assert len(heldout_ids) == 25 and len(kept_ids) == 75
+  assert sorted(kept_ids.tolist() + heldout_ids.tolist()) == list(range(100, 200))
+  assert data.dataset_info(c.data, "digits", heldout).num_examples == 25
   with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\)"):
     data.holdout_splits(c.data, "digits", "train", 0.0)
-  with pytest.raises(ValueError, match="too small"):
+  with pytest.raises(DatasetError, match="too small"):
     data.holdout_splits(c.data, "digits", "train[:2]", 0.1)
 
 

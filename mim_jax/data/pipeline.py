@@ -10,17 +10,27 @@ image was augmented: ``crop_box`` float32 [b, 4], the RandomResizedCrop box
 bool [b], True when the crop was mirrored horizontally. With them a map of the
 whole source image (e.g. an attention map) can be aligned with the crop.
 
+Splits. ``split`` is a split string (a base split or a role, see ``sources``)
+or a ``subsets.Subset`` (a seeded draw of a split string, or its complement).
+Either resolves to the sorted ids of the examples it holds, a pure function
+of (dataset, split), the same on every host and every resume; a split
+string's ids are a contiguous range, a draw's are spread over the base split.
+Hosts split the id array by position into near-equal contiguous parts
+(``host_range``): host h's part is ``ids[lo_h:hi_h]``, its n examples.
+
 Determinism. The training stream is a pure function of (seed, position):
 
 * digits and folder (index-addressable): stream position p (the p-th example
-  this host yields) is example ``perm_e[p % n]`` of the host's n examples, with
-  ``e = p // n`` and ``perm_e = default_rng([seed, 0, process_index, e])
-  .permutation(n)``. So every epoch visits each example once, and a stream
-  started at ``start_step`` yields exactly the batches a stream started at 0
-  yields from its (start_step + 1)-th batch on.
-* tfds (streamed): the host's part is read in canonical order, each epoch is
-  shuffled with a shuffle buffer (``data.shuffle_buffer``) seeded by (seed,
-  process_index, epoch), and a resumed stream starts at epoch
+  this host yields) is example ``part[perm_e[p % n]]`` of the host's part of
+  n ids, with ``e = p // n`` and ``perm_e = default_rng([seed, 0,
+  process_index, e]).permutation(n)``. So every epoch visits each example
+  once, and a stream started at ``start_step`` yields exactly the batches a
+  stream started at 0 yields from its (start_step + 1)-th batch on.
+* tfds (streamed): the host's part is read in canonical order (for a draw,
+  the range from its first to its last id is read and the other examples are
+  dropped before decoding: a sparse draw costs the read of that range), each
+  epoch is shuffled with a shuffle buffer (``data.shuffle_buffer``) seeded by
+  (seed, process_index, epoch), and a resumed stream starts at epoch
   ``start_step * b // n`` and skips the rest of ``start_step * b`` examples.
   This is exact only because the tf.data pipeline is deterministic. Files are
   read one after the other, not shuffled: that order is what defines the ids,
@@ -51,7 +61,8 @@ import threading
 import numpy as np
 
 from mim_jax.data import sources as sources_lib
-from mim_jax.data import transforms
+from mim_jax.data import subsets, transforms
+from mim_jax.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -68,16 +79,22 @@ class DatasetInfo:
     base_split_size: int  # ids are in [0, base_split_size)
 
 
-def dataset_info(data_config, dataset: str, split: str) -> DatasetInfo:
-    """Describes ``split`` of ``dataset`` (see ``sources`` for the spec forms)."""
+def dataset_info(data_config, dataset: str, split: str | subsets.Subset) -> DatasetInfo:
+    """Describes ``split`` (a split string or a ``Subset``) of ``dataset`` (see ``sources``)."""
     source = sources_lib.open_source(dataset, data_config)
-    base, start, stop = sources_lib.resolve_split(split, source)
+    base, ids = subsets.resolve(split, source)
     return DatasetInfo(
         num_classes=source.num_classes(base),
         channels=source.channels,
-        num_examples=stop - start,
+        num_examples=len(ids),
         base_split_size=source.split_size(base),
     )
+
+
+def _host_ids(ids: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
+    """This host's contiguous part of the id array (``sources.host_range`` over positions)."""
+    lo, hi = sources_lib.host_range(0, len(ids), process_index, process_count)
+    return ids[lo:hi]
 
 
 # ------------------------------------------------------------------ helpers
@@ -206,15 +223,15 @@ def _slot_draws(draws, j: int):
 class _IndexedTrainIterator(BatchIterator):
     """Training stream over an index-addressable source (digits, folder)."""
 
-    def __init__(self, source, base, lo, hi, *, batch, image_size, opts, seed, start_step,
+    def __init__(self, source, base, ids, *, batch, image_size, opts, seed, start_step,
                  process_index, num_workers):
         super().__init__(0 if source.in_memory else num_workers)
-        self._source, self._base, self._lo = source, base, lo
+        self._source, self._base, self._ids = source, base, ids
         self._labels = source.labels(base)
         self._images = source.images(base) if source.in_memory else None
         self._batch, self._image_size, self._opts = batch, image_size, opts
         self._seed, self._host = seed, process_index
-        self._order = _EpochOrder(hi - lo, seed, process_index)
+        self._order = _EpochOrder(len(ids), seed, process_index)
         self._next_step = start_step  # next step to hand out
         self._pending: collections.deque = collections.deque()  # futures of the next batches
         self._bad: set[int] = set()
@@ -224,7 +241,7 @@ class _IndexedTrainIterator(BatchIterator):
             step = self._next_step
             self._next_step += 1
             positions = step * self._batch + np.arange(self._batch)
-            ids = self._lo + self._order.local_indices(positions)
+            ids = self._ids[self._order.local_indices(positions)]
             draws = _train_draws(self._seed, self._host, step, self._batch)
             images = transforms.train_transform(self._images[ids], draws, self._image_size, self._opts)
             boxes, flipped = transforms.train_crop_boxes(draws, *self._images.shape[1:3], self._opts)
@@ -251,7 +268,7 @@ class _IndexedTrainIterator(BatchIterator):
         epoch, offset = divmod(position, self._order.n)
         perm = self._order.perm(epoch)
         for t in range(self._order.n):
-            index = self._lo + int(perm[(offset + t) % self._order.n])
+            index = int(self._ids[perm[(offset + t) % self._order.n]])
             path = self._source.file(self._base, index)
             if index in self._bad:
                 self._record_skip(path, "known unreadable")
@@ -271,16 +288,16 @@ class _IndexedTrainIterator(BatchIterator):
 class _TfdsTrainIterator(BatchIterator):
     """Training stream over a TFDS dataset: tf.data reads/shuffles, threads decode/augment."""
 
-    def __init__(self, source, base, lo, hi, *, batch, image_size, opts, seed, start_step,
+    def __init__(self, source, base, ids, *, batch, image_size, opts, seed, start_step,
                  process_index, num_workers, shuffle_buffer):
         super().__init__(max(num_workers, 1))
         tf = sources_lib.import_tensorflow()
         self._batch, self._image_size, self._opts = batch, image_size, opts
         self._seed, self._host = seed, process_index
-        n = hi - lo
+        n = len(ids)
         first_epoch, offset = divmod(start_step * batch, n)
         stream_seed = int(np.random.SeedSequence([seed, 2, process_index]).generate_state(1)[0])
-        examples = source.read(base, lo, hi)
+        examples = source.read(base, int(ids[0]), int(ids[-1]) + 1, ids)
 
         def one_epoch(epoch):
             return examples.shuffle(shuffle_buffer, seed=stream_seed * 1_000_003 + epoch,
@@ -327,14 +344,15 @@ class _TfdsTrainIterator(BatchIterator):
         return out, box, flipped
 
 
-def train_iterator(data_config, dataset: str, split: str, *, global_batch_size: int,
-                   image_size: int, seed: int, start_step: int = 0,
+def train_iterator(data_config, dataset: str, split: str | subsets.Subset, *,
+                   global_batch_size: int, image_size: int, seed: int, start_step: int = 0,
                    process_index: int | None = None,
                    process_count: int | None = None) -> BatchIterator:
     """Infinite, shuffled, augmented stream of this host's training batches.
 
-    The first batch yielded with ``start_step=s`` equals the (s+1)-th batch of
-    the stream started at 0. The returned iterator has ``skipped_images``.
+    ``split`` is a split string or a ``subsets.Subset``. The first batch
+    yielded with ``start_step=s`` equals the (s+1)-th batch of the stream
+    started at 0. The returned iterator has ``skipped_images``.
     """
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
@@ -343,17 +361,18 @@ def train_iterator(data_config, dataset: str, split: str, *, global_batch_size: 
     opts = transforms.AugmentOptions.from_config(data_config)
     source = sources_lib.open_source(dataset, data_config)
     opts.check_channels(source.channels)
-    base, start, stop = sources_lib.resolve_split(split, source)
-    lo, hi = sources_lib.host_range(start, stop, process_index, process_count)
-    if hi <= lo:
-        raise ValueError(f"split {split!r} of {dataset!r} has no examples for host {process_index}")
+    base, ids = subsets.resolve(split, source)
+    ids = _host_ids(ids, process_index, process_count)
+    if not len(ids):
+        raise DatasetError(f"dataset {dataset!r}: split {str(split)!r} has no examples for host "
+                           f"{process_index} of {process_count} (train on a larger split)")
     kwargs = dict(batch=batch, image_size=image_size, opts=opts, seed=_seed(seed),
                   start_step=int(start_step), process_index=process_index,
                   num_workers=int(data_config.get("num_workers", 2)))
     if isinstance(source, sources_lib.TfdsSource):
-        return _TfdsTrainIterator(source, base, lo, hi,
+        return _TfdsTrainIterator(source, base, ids,
                                   shuffle_buffer=int(data_config.get("shuffle_buffer", 10000)), **kwargs)
-    return _IndexedTrainIterator(source, base, lo, hi, **kwargs)
+    return _IndexedTrainIterator(source, base, ids, **kwargs)
 
 
 # --------------------------------------------------------------- evaluation
@@ -362,10 +381,10 @@ def train_iterator(data_config, dataset: str, split: str, *, global_batch_size: 
 class _EvalIterator(BatchIterator):
     """One pass over this host's part of a split, in order, padded to ``num_batches``."""
 
-    def __init__(self, source, base, lo, hi, *, batch, image_size, opts, num_batches, num_workers,
+    def __init__(self, source, base, ids, *, batch, image_size, opts, num_batches, num_workers,
                  whole_image=False):
         super().__init__(0 if source.in_memory else max(num_workers, 1))
-        self._source, self._base, self._lo, self._n = source, base, lo, hi - lo
+        self._source, self._base, self._ids, self._n = source, base, ids, len(ids)
         self._batch, self._image_size, self._opts = batch, image_size, opts
         self._transform_batch, self._transform_one = (
             (transforms.whole_transform, transforms.whole_transform_one) if whole_image
@@ -373,8 +392,9 @@ class _EvalIterator(BatchIterator):
         self.num_batches = num_batches
         self._done = 0
         self._raw = None
-        if isinstance(source, sources_lib.TfdsSource) and hi > lo:
-            self._raw = source.read(base, lo, hi).batch(batch).prefetch(2).as_numpy_iterator()
+        if isinstance(source, sources_lib.TfdsSource) and len(ids):
+            self._raw = source.read(base, int(ids[0]), int(ids[-1]) + 1, ids).batch(
+                batch).prefetch(2).as_numpy_iterator()
         elif not isinstance(source, sources_lib.TfdsSource):
             self._labels = source.labels(base)
 
@@ -393,7 +413,7 @@ class _EvalIterator(BatchIterator):
                "id": np.full(self._batch, -1, np.int32),
                "mask": mask}
         if self._source.in_memory:
-            ids = self._lo + positions[:count]
+            ids = self._ids[positions[:count]]
             images = self._transform_batch(self._source.images(self._base)[ids],
                                            self._image_size, self._opts)
             out["label"][:count] = self._labels[ids]
@@ -405,7 +425,7 @@ class _EvalIterator(BatchIterator):
             items = [(encoded[j], int(ids[j])) for j in range(count)]
             loader = self._decode_item
         else:
-            ids = self._lo + positions[:count]
+            ids = self._ids[positions[:count]]
             labels = self._labels[ids] if count else np.zeros(0, np.int32)
             items = [int(i) for i in ids]
             loader = self._load_item
@@ -445,31 +465,44 @@ def _pad(images: np.ndarray, batch: int) -> np.ndarray:
     return out
 
 
-def eval_iterator(data_config, dataset: str, split: str, *, global_batch_size: int,
-                  image_size: int, process_index: int | None = None,
+def eval_iterator(data_config, dataset: str, split: str | subsets.Subset, *,
+                  global_batch_size: int, image_size: int, process_index: int | None = None,
                   process_count: int | None = None,
-                  max_examples: int | None = None,
+                  max_examples: int | None = None, seed: int = 0,
                   whole_image: bool = False) -> BatchIterator:
-    """One ordered pass over this host's part of ``split`` (eval transform).
+    """One ordered pass (by id) over this host's part of ``split`` (eval transform).
 
-    ``max_examples`` keeps only the first examples of the split (canonical
-    order) before it is divided between hosts. Every host yields the same
-    number of batches, ``.num_batches``; padding has ``mask`` False, id -1.
-    ``whole_image`` replaces the resize + center crop with a bicubic resize of
-    the whole image to image_size x image_size (no crop, aspect ratio not
-    kept), e.g. to look at un-augmented training images.
+    ``split`` is a split string or a ``subsets.Subset``. ``max_examples`` keeps
+    a draw of that many examples of a split string (``subsets``: stratified by
+    class, seeded by ``seed``; never the first ones, which in a class-ordered
+    split are one class), the same on every host, before it is divided
+    between hosts; the whole split when it has no more. The default seed 0 is
+    what the evaluators use, so that every run, whatever its ``config.seed``,
+    scores the same examples. Every host yields the same number of batches,
+    ``.num_batches``; padding has ``mask`` False, id -1. ``whole_image``
+    replaces the resize + center crop with a bicubic resize of the whole image
+    to image_size x image_size (no crop, aspect ratio not kept), e.g. to look
+    at un-augmented training images.
     """
     process_index, process_count = _hosts(process_index, process_count)
     batch = _local_batch_size(global_batch_size, process_count)
     opts = transforms.AugmentOptions.from_config(data_config)
     source = sources_lib.open_source(dataset, data_config)
     opts.check_channels(source.channels)
-    base, start, stop = sources_lib.resolve_split(split, source)
     if max_examples is not None:
-        stop = min(stop, start + max(int(max_examples), 0))
-    lo, hi = sources_lib.host_range(start, stop, process_index, process_count)
-    largest = -(-(stop - start) // process_count)  # host 0 has the most examples
+        if isinstance(split, subsets.Subset):
+            raise ValueError(f"max_examples draws from a split string; {split} is already a draw")
+        if int(max_examples) <= 0:
+            base, ids = subsets.resolve(split, source)
+            ids = ids[:0]
+        else:
+            base, ids = subsets.resolve(subsets.Subset(split, count=int(max_examples), seed=seed),
+                                        source)
+    else:
+        base, ids = subsets.resolve(split, source)
+    largest = -(-len(ids) // process_count)  # host 0 has the most examples
     num_batches = -(-largest // batch)
-    return _EvalIterator(source, base, lo, hi, batch=batch, image_size=image_size, opts=opts,
-                         num_batches=num_batches, num_workers=int(data_config.get("num_workers", 2)),
+    return _EvalIterator(source, base, _host_ids(ids, process_index, process_count), batch=batch,
+                         image_size=image_size, opts=opts, num_batches=num_batches,
+                         num_workers=int(data_config.get("num_workers", 2)),
                          whole_image=bool(whole_image))

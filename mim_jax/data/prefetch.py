@@ -76,14 +76,19 @@ class DevicePrefetcher:
             raise value
         raise StopIteration
 
-    def close(self) -> None:
-        """Stops the background thread (the wrapped iterator is left as it is)."""
+    def close(self, timeout: float = 30.0) -> None:
+        """Stops the background thread and waits (up to ``timeout`` s) for it to end, so that
+        no thread is inside JAX when the interpreter exits (that can abort the process); the
+        wrapped iterator is left as it is."""
         stop = self.__dict__.get("_stop")
         if stop is not None:
             stop.set()
+        thread = self.__dict__.get("_thread")
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(timeout)
 
     def __del__(self):
-        self.close()
+        self.close(timeout=0)
 
     def __getattr__(self, name):
         if name.startswith("_"):

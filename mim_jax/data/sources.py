@@ -15,13 +15,29 @@ Spec forms:
   base split is the subdirectory name (``train``, ``val``, ...). Classes are
   the sorted subdirectories of ``PATH/train`` when it exists (so labels agree
   between splits), otherwise of the split directory. Examples are ordered by
-  class, then file name. Images are decoded to RGB (3 channels).
+  class, then file name. Images are decoded to RGB (3 channels). Hidden
+  directories (``.name``) are neither splits nor classes.
 
 Split strings follow TFDS (``train``, ``train[:80%]``, ``train[10:200]``,
 ``train[:-100]``...) for every source and are resolved with TFDS' own code, so
 boundaries match TFDS exactly. Every example's id is its index in the base
 split: for TFDS, the index in the canonical (unshuffled, file-sequential)
 order.
+
+Roles. The name in a split string is either a base split of the dataset or a
+*role*, which each source maps to one of its base splits, so that one config
+runs on every source:
+
+* ``train``: the base split ``train``.
+* ``evaluation``: the first of ``validation``, ``val``, ``test`` that the
+  dataset has (digits: ``test``; a folder: whichever of those subdirectories
+  exists; ImageNet in TFDS: ``validation``).
+
+Slices apply to the base split the role maps to (``evaluation[:50%]``). A base
+split named in the string is used as it is when the dataset has it (a
+literal ``test`` or ``val`` still works). ``resolve_split`` is the one place
+that maps names; a name that fits nothing raises a ``DatasetError`` listing
+the dataset's splits and the roles.
 """
 
 from __future__ import annotations
@@ -29,42 +45,90 @@ from __future__ import annotations
 import functools
 import importlib.util
 import io
+import logging
 import os
+import threading
 import types
 
 import numpy as np
 
+from mim_jax.errors import DatasetError
+
+logger = logging.getLogger(__name__)
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 DIGITS_TRAIN_SIZE = 1437
 SPEC_FORMS = "'digits', 'tfds:NAME' or 'folder:PATH'"
+# Roles -> the base splits they may map to, first existing one wins.
+ROLES = {"train": ("train",), "evaluation": ("validation", "val", "test")}
+# A TFDS split with more examples than this is not read for its labels (see ``TfdsSource.labels``).
+MAX_LABEL_PASS = 200_000
 
 
 # ------------------------------------------------------------------- splits
 
 
+def roles_text() -> str:
+    """The roles and what they map to, for messages."""
+    return ", ".join(f"{role!r} (the split {bases[0]})" if len(bases) == 1 else
+                     f"{role!r} (the first of {', '.join(bases)} that exists)"
+                     for role, bases in ROLES.items())
+
+
+def base_split(name: str, source) -> str:
+    """The base split that the name in a split string means: itself if the dataset has it,
+    else the base split its role maps to (``ROLES``). Raises ``DatasetError`` otherwise."""
+    bases = list(source.base_splits())
+    if name in bases:
+        return name
+    for candidate in ROLES.get(name, ()):
+        if candidate in bases:
+            return candidate
+    what = (f"the role {name!r} maps to none of its splits" if name in ROLES
+            else f"there is no split {name!r}")
+    raise DatasetError(
+        f"dataset {source.spec!r}: {what}. It has the splits {bases}; roles: {roles_text()}. "
+        f"Add such a split, or set the config's splits (train_split, probe.train_split / "
+        f"test_split, knn.train_split / test_split, eval.split) to splits or roles it has, e.g. "
+        f"--config.probe.test_split=SPLIT"
+        + (f"; {source.split_hint}" if getattr(source, "split_hint", "") else "") + ".")
+
+
 def resolve_split(split: str, source) -> tuple[str, int, int]:
     """Turns a TFDS-style split string into (base split, start, stop) on the base split.
 
-    ``source.split_size(base)`` gives the base split's size (and raises for an
-    unknown base); a source with ``split_infos`` (TFDS' SplitDict) passes it on,
-    which also enables TFDS' shard-unit slicing.
+    The name in the string is a base split or a role (``base_split``).
+    ``source.split_size(base)`` gives the base split's size; a source with
+    ``split_infos`` (TFDS' SplitDict) passes it on, which also enables TFDS'
+    shard-unit slicing. Raises ``DatasetError`` for a string that does not
+    parse, names no split, or slices outside it.
     """
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
+    if not isinstance(split, str):
+        raise DatasetError(f"dataset {source.spec!r}: a split must be a string, got {split!r}")
     try:
         instruction = tfds.core.ReadInstruction.from_spec(split)
-    except (ValueError, NotImplementedError) as e:
-        raise ValueError(f"invalid split {split!r}: {e}") from e
+    except (ValueError, NotImplementedError, AssertionError) as e:
+        del e  # TFDS' message is long and says the same
+        raise DatasetError(
+            f"dataset {source.spec!r}: split {split!r} does not parse; write a split or role, "
+            f"optionally sliced as in TFDS: 'train', 'evaluation', 'train[:80%]', 'train[10:200]'"
+        ) from None
     if not isinstance(instruction, tfds.core.ReadInstruction):
-        raise ValueError(f"split {split!r} must select one base split (no '+' or 'all')")
-    base = instruction.split_name
+        raise DatasetError(f"dataset {source.spec!r}: split {split!r} must select one base split "
+                           f"(no '+' or 'all'), e.g. 'train' or 'train[:80%]'")
+    name = instruction.split_name
+    base = base_split(name, source)
     n = source.split_size(base)
-    split_infos = getattr(source, "split_infos", None) or {
-        base: types.SimpleNamespace(num_examples=n, shard_lengths=[n])}
+    infos = getattr(source, "split_infos", None)
+    info = infos[base] if infos else types.SimpleNamespace(num_examples=n, shard_lengths=[n])
     try:
-        (absolute,) = instruction.to_absolute(split_infos)
+        (absolute,) = instruction.to_absolute({name: info})
     except ValueError as e:
-        raise ValueError(f"invalid split {split!r} for a base split of {n} examples: {e}") from e
+        raise DatasetError(
+            f"dataset {source.spec!r}: split {split!r} does not fit the {n} examples of its base "
+            f"split {base!r}: {e}") from None
     start = 0 if absolute.from_ is None else absolute.from_
     stop = n if absolute.to is None else absolute.to
     return base, start, max(start, stop)
@@ -108,23 +172,26 @@ class DigitsSource:
 
     in_memory = True
     channels = 1
+    spec = "digits"
 
     def __init__(self):
         images, labels = _load_digits()
         self._images = {"train": images[:DIGITS_TRAIN_SIZE], "test": images[DIGITS_TRAIN_SIZE:]}
         self._labels = {"train": labels[:DIGITS_TRAIN_SIZE], "test": labels[DIGITS_TRAIN_SIZE:]}
 
+    def base_splits(self) -> list[str]:
+        return list(self._labels)
+
     def split_size(self, base: str) -> int:
-        if base not in self._labels:
-            raise ValueError(f"digits has base splits 'train' and 'test', not {base!r}")
-        return len(self._labels[base])
+        return len(self._labels[base_split(base, self)])
 
     def num_classes(self, base: str) -> int:
         del base
         return 10
 
-    def labels(self, base: str) -> np.ndarray:
-        return self._labels[base]
+    def labels(self, base: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Labels of ``base[start:stop]`` by id."""
+        return self._labels[base][start:stop]
 
     def images(self, base: str) -> np.ndarray:
         """All images of a base split, uint8 [N, 8, 8, 1]."""
@@ -157,26 +224,33 @@ class FolderSource:
 
     in_memory = False
     channels = 3
+    split_hint = "a folder dataset's splits are its subdirectories PATH/SPLIT/CLASS/*.jpg"
 
     def __init__(self, path: str):
+        self.spec = f"folder:{path}"
         if not os.path.isdir(path):
-            raise FileNotFoundError(f"folder dataset: directory {path!r} does not exist")
+            what = "is a file, not a directory" if os.path.exists(path) else "does not exist"
+            raise DatasetError(
+                f"folder dataset: {path!r} {what}; --config.dataset=folder:PATH needs a directory "
+                f"PATH/SPLIT/CLASS/*.jpg (e.g. PATH/train/cat/1.jpg and PATH/val/cat/2.jpg)")
         self.path = path
         self._splits: dict[str, tuple[list[str], np.ndarray, list[str]]] = {}
+
+    def base_splits(self) -> list[str]:
+        return _subdirs(self.path)
 
     def _split(self, base: str):
         """(files, labels, classes) of a base split, listed on first use."""
         if base not in self._splits:
-            split_dir = os.path.join(self.path, base)
-            if not os.path.isdir(split_dir):
-                raise FileNotFoundError(
-                    f"folder dataset: split directory {split_dir!r} not found "
-                    f"(existing: {_subdirs(self.path)}; expected {split_dir}/CLASS/*.jpg)")
+            split_dir = os.path.join(self.path, base_split(base, self))
             train_dir = os.path.join(self.path, "train")
             classes = _subdirs(train_dir if os.path.isdir(train_dir) else split_dir)
             unknown = sorted(set(_subdirs(split_dir)) - set(classes))
             if unknown:
-                raise ValueError(f"folder dataset: {split_dir!r} has classes not in train: {unknown[:10]}")
+                raise DatasetError(
+                    f"folder dataset: {split_dir!r} has classes that {train_dir!r} lacks: "
+                    f"{unknown[:10]}{' ...' if len(unknown) > 10 else ''}; every class of a split "
+                    f"must be a subdirectory of train/ too (labels are train's sorted classes)")
             files, labels = [], []
             for label, name in enumerate(classes):
                 class_dir = os.path.join(split_dir, name)
@@ -185,8 +259,12 @@ class FolderSource:
                     files.extend(os.path.join(class_dir, f) for f in names)
                     labels.extend([label] * len(names))
             if not files:
-                raise FileNotFoundError(
-                    f"folder dataset: no images ({', '.join(IMAGE_EXTENSIONS)}) in {split_dir}/CLASS/")
+                present = _subdirs(split_dir)
+                found = (f"class directories {present[:10]} but no image files in them" if present
+                         else "no class directories")
+                raise DatasetError(
+                    f"folder dataset: {split_dir!r} has {found}; put the images in "
+                    f"{split_dir}/CLASS/ as {', '.join(IMAGE_EXTENSIONS)}")
             self._splits[base] = (files, np.asarray(labels, np.int32), classes)
         return self._splits[base]
 
@@ -196,8 +274,9 @@ class FolderSource:
     def num_classes(self, base: str) -> int:
         return len(self._split(base)[2])
 
-    def labels(self, base: str) -> np.ndarray:
-        return self._split(base)[1]
+    def labels(self, base: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Labels of ``base[start:stop]`` by id."""
+        return self._split(base)[1][start:stop]
 
     def file(self, base: str, index: int) -> str:
         return self._split(base)[0][index]
@@ -208,7 +287,9 @@ class FolderSource:
 
 
 def _subdirs(path: str) -> list[str]:
-    return sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+    """Sorted subdirectories of ``path``, hidden ones (``.name``) left out."""
+    return sorted(d for d in os.listdir(path)
+                  if not d.startswith(".") and os.path.isdir(os.path.join(path, d)))
 
 
 class TfdsSource:
@@ -222,35 +303,73 @@ class TfdsSource:
         del tf
         import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-        self.name = name
+        self.name, self.data_dir = name, data_dir or None
+        self.spec = f"tfds:{name}"
         where = data_dir or "the default TFDS data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
         try:
             self.builder = tfds.builder(name, data_dir=data_dir)
-        except tfds.core.registered.DatasetNotFoundError as e:
-            raise ValueError(f"tfds dataset {name!r} is not a known TFDS dataset: {str(e)[:200]}") from e
+        except (tfds.core.registered.DatasetNotFoundError, ValueError):
+            # TFDS' own message lists every dataset it knows: not repeated here.
+            raise DatasetError(
+                f"tfds:{name}: {name!r} is not a known TFDS dataset{_close_tfds_names(name)}. "
+                f"Check the name (https://www.tensorflow.org/datasets/catalog), or use "
+                f"--config.dataset=folder:PATH for images in PATH/SPLIT/CLASS/") from None
         if not self.builder.is_prepared() or not self.builder.info.splits:
-            raise FileNotFoundError(
+            raise DatasetError(
                 f"tfds dataset {name!r} was not found prepared in data_dir={where} "
                 f"(looked in {self.builder.data_dir}). It must be downloaded and prepared first, "
                 f"e.g. `tfds build {name} --data_dir=DATA_DIR` (for manually downloaded datasets "
-                f"such as imagenet2012, put the archives in DATA_DIR/downloads/manual first).")
+                f"such as imagenet2012, put the archives in DATA_DIR/downloads/manual first), "
+                f"then pass --config.data.data_dir=DATA_DIR.")
         features = self.builder.info.features
         if "image" not in features or "label" not in features:
-            raise ValueError(f"tfds dataset {name!r} lacks 'image' and 'label' features: {features}")
+            raise DatasetError(
+                f"tfds dataset {name!r} lacks 'image' and 'label' features (it has "
+                f"{sorted(features.keys())}); only image classification datasets can be read")
         self._num_classes = int(features["label"].num_classes)
         self.split_infos = self.builder.info.splits
 
+    def base_splits(self) -> list[str]:
+        return list(self.split_infos)
+
     def split_size(self, base: str) -> int:
-        if base not in self.split_infos:
-            raise ValueError(f"tfds dataset {self.name!r} has splits {list(self.split_infos)}, not {base!r}")
-        return int(self.split_infos[base].num_examples)
+        return int(self.split_infos[base_split(base, self)].num_examples)
 
     def num_classes(self, base: str) -> int:
         del base
         return self._num_classes
 
-    def read(self, base: str, lo: int, hi: int):
-        """tf.data.Dataset of (encoded image, label, id) for base[lo:hi], canonical order."""
+    def labels(self, base: str, start: int = 0, stop: int | None = None) -> np.ndarray | None:
+        """Labels of ``base[start:stop]`` by id, or None when that is too costly to read.
+
+        They are read once per process (image bytes skipped, not decoded) and cached per
+        (dataset, data_dir, base split) when the base split has at most ``MAX_LABEL_PASS``
+        examples, else per range when the range has at most that many. Above that, None:
+        the only way to a label is reading the whole record, and a pass over, e.g.,
+        ImageNet's training split reads ~140 GB.
+        """
+        n = self.split_size(base)
+        stop = n if stop is None else stop
+        if n <= MAX_LABEL_PASS:
+            return _tfds_labels(self, base, 0, n)[start:stop]
+        if stop - start <= MAX_LABEL_PASS:
+            return _tfds_labels(self, base, start, stop)
+        key = (self.name, self.data_dir, base, start, stop)
+        with _label_lock:
+            first = key not in _uniform_noted
+            _uniform_noted.add(key)
+        if first:
+            logger.info("tfds:%s: %s[%d:%d] has %d > %d examples: its labels are not read (that "
+                        "reads every image), so subsets of it are uniform draws, not stratified "
+                        "by class", self.name, base, start, stop, stop - start, MAX_LABEL_PASS)
+        return None
+
+    def read(self, base: str, lo: int, hi: int, ids: np.ndarray | None = None):
+        """tf.data.Dataset of (encoded image, label, id) for base[lo:hi], canonical order.
+
+        With ``ids`` (sorted, within [lo, hi)), only those examples: the range is read and the
+        others are dropped before anything is decoded.
+        """
         import tensorflow as tf  # pylint: disable=g-import-not-at-top
         import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
@@ -263,7 +382,63 @@ class TfdsSource:
             read_config=tfds.ReadConfig(interleave_cycle_length=1),
         )
         ds = ds.take(hi - lo).enumerate(start=lo)
+        if ids is not None and len(ids) < hi - lo:
+            keep = np.zeros(hi - lo, bool)
+            keep[np.asarray(ids) - lo] = True
+            keep = tf.constant(keep)
+            ds = ds.filter(lambda i, ex: tf.gather(keep, i - lo))
         return ds.map(lambda i, ex: (ex["image"], tf.cast(ex["label"], tf.int32), tf.cast(i, tf.int32)))
+
+
+_label_cache: dict[tuple, np.ndarray] = {}
+_uniform_noted: set[tuple] = set()
+_label_lock = threading.Lock()
+
+
+def _tfds_labels(source: TfdsSource, base: str, start: int, stop: int) -> np.ndarray:
+    """Labels int32 [stop - start] of a TFDS split's range, by id (cached; see ``labels``)."""
+    name = source.name
+    key = (name, source.data_dir, base, source.split_size(base), start, stop)
+    with _label_lock:
+        if key not in _label_cache:
+            import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+            logger.info("tfds:%s: reading the labels of %s[%d:%d] once (images skipped), to draw "
+                        "class-stratified subsets of it", name, base, start, stop)
+            ds = source.builder.as_dataset(
+                split=f"{base}[{start}:{stop}]", shuffle_files=False,
+                decoders={"image": tfds.decode.SkipDecoding()},
+                read_config=tfds.ReadConfig(interleave_cycle_length=1))
+            ds = ds.take(stop - start).map(lambda ex: ex["label"]).batch(8192)
+            parts = [np.asarray(b, np.int64) for b in ds.as_numpy_iterator()]
+            labels = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+            if len(labels) != stop - start:
+                raise DatasetError(f"tfds:{name}: {base}[{start}:{stop}] yielded {len(labels)} "
+                                   f"labels, its metadata says {stop - start} examples; prepare "
+                                   f"the dataset again")
+            _label_cache[key] = labels.astype(np.int32)
+        return _label_cache[key]
+
+
+def clear_label_cache() -> None:
+    """Forgets the TFDS labels read so far (tests that change a dataset under the same name)."""
+    with _label_lock:
+        _label_cache.clear()
+        _uniform_noted.clear()
+
+
+def _close_tfds_names(name: str) -> str:
+    """' (did you mean ...?)' with up to 3 registered TFDS names close to ``name``, or ''."""
+    try:
+        import difflib  # pylint: disable=g-import-not-at-top
+
+        import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+        close = difflib.get_close_matches(name.split("/")[0].split(":")[0], tfds.list_builders(),
+                                          n=3, cutoff=0.75)
+    except Exception:  # pylint: disable=broad-except
+        return ""
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
 @functools.lru_cache(maxsize=1)
@@ -281,14 +456,18 @@ def import_tensorflow():
 
 
 def open_source(dataset: str, data_config):
-    """Returns the source object for a ``config.dataset`` spec string."""
+    """Returns the source object for a ``config.dataset`` spec string.
+
+    Raises ``DatasetError`` for a spec of no known form, or a dataset that cannot be opened.
+    """
     if dataset == "digits":
         return _digits_source()
     if dataset.startswith("tfds:") and dataset[5:]:
         return TfdsSource(dataset[5:], data_config.get("data_dir") if data_config else None)
     if dataset.startswith("folder:") and dataset[7:]:
         return FolderSource(os.path.expanduser(dataset[7:]))
-    raise ValueError(f"unknown dataset spec {dataset!r}: expected {SPEC_FORMS}")
+    raise DatasetError(f"unknown dataset spec {dataset!r}: --config.dataset must be {SPEC_FORMS} "
+                       f"(e.g. folder:/data/my_images with train/CLASS/*.jpg and val/CLASS/*.jpg)")
 
 
 @functools.lru_cache(maxsize=1)

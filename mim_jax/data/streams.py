@@ -9,24 +9,31 @@ them into one iterator of ``{name: batch}``.
 from __future__ import annotations
 
 from mim_jax.data import sources as sources_lib
+from mim_jax.data import subsets
+from mim_jax.errors import DatasetError
 
 
-def holdout_splits(data_config, dataset: str, split: str, fraction: float) -> tuple[str, str]:
-    """(kept, held out): ``split`` cut in two by example id, the last ``fraction`` held out.
+def holdout_splits(data_config, dataset: str, split: str, fraction: float,
+                   seed: int = 0) -> tuple[subsets.Subset, subsets.Subset]:
+    """(kept, held out): ``split`` cut in two by a seeded draw, ``fraction`` of it held out.
 
-    Both are TFDS-style ranges of the base split (``train[0:1149]``, ``train[1149:1437]``), so
-    they are disjoint by construction, together cover ``split``, and are read by every iterator
-    like any other split. Raises if either part would be empty.
+    The held-out part is a class-stratified draw of ``fraction`` of ``split`` (``subsets``;
+    uniform for a TFDS split too large to read its labels), the kept part its complement: both
+    ``subsets.Subset``s, disjoint, together ``split``, the same on every host and every resume
+    (a pure function of the split, ``fraction`` and ``seed``), read by every iterator like any
+    other split. Raises if either part would be empty.
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"the held-out fraction must be in (0, 1), got {fraction}")
+    heldout = subsets.Subset(split, fraction=float(fraction), seed=int(seed))
+    kept = subsets.Subset(split, fraction=float(fraction), seed=int(seed), complement=True)
     source = sources_lib.open_source(dataset, data_config)
-    base, start, stop = sources_lib.resolve_split(split, source)
-    cut = start + int(round((stop - start) * (1.0 - fraction)))
-    if not start < cut < stop:
-        raise ValueError(f"split {split!r} ({stop - start} examples) is too small to hold out "
-                         f"{fraction:.0%} of it")
-    return f"{base}[{start}:{cut}]", f"{base}[{cut}:{stop}]"
+    _, start, stop = sources_lib.resolve_split(split, source)
+    n = stop - start
+    if not 0 < heldout.size(n) < n:
+        raise DatasetError(f"dataset {dataset!r}: split {split!r} ({n} examples) is too small to "
+                           f"hold out {fraction:.0%} of it; use a larger split")
+    return kept, heldout
 
 
 class Zip:

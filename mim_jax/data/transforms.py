@@ -37,6 +37,8 @@ import math
 
 import numpy as np
 
+from mim_jax.config import ConfigError
+
 from mim_jax.data import random_erasing
 
 NUM_CROP_ATTEMPTS = 10  # as in torchvision's RandomResizedCrop
@@ -70,37 +72,37 @@ class AugmentOptions:
     def validate(self) -> None:
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
-            raise ValueError(f"data.crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}")
+            raise ConfigError(f"data.crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}")
         lo, hi = self.crop_ratio
         if not 0 < lo <= hi:
-            raise ValueError(f"data.crop_ratio must satisfy 0 < lo <= hi, got {self.crop_ratio}")
+            raise ConfigError(f"data.crop_ratio must satisfy 0 < lo <= hi, got {self.crop_ratio}")
         if not 0 < self.eval_crop_pct <= 1:
-            raise ValueError(f"data.eval_crop_pct must be in (0, 1], got {self.eval_crop_pct}")
+            raise ConfigError(f"data.eval_crop_pct must be in (0, 1], got {self.eval_crop_pct}")
         if len(self.mean) != len(self.std) and 1 not in (len(self.mean), len(self.std)):
-            raise ValueError(f"data.mean {self.mean} and data.std {self.std} differ in length")
+            raise ConfigError(f"data.mean {self.mean} and data.std {self.std} differ in length")
         if not isinstance(self.randaugment, str):
-            raise ValueError(f"data.randaugment must be a string ('' = off), got {self.randaugment!r}")
+            raise ConfigError(f"data.randaugment must be a string ('' = off), got {self.randaugment!r}")
         if self.randaugment:
             from mim_jax.data import randaugment  # pylint: disable=g-import-not-at-top
 
             try:
                 randaugment.parse_randaugment(self.randaugment)
             except ValueError as e:
-                raise ValueError(f"data.randaugment: {e}") from None
+                raise ConfigError(f"data.randaugment: {e}") from None
         if (isinstance(self.random_erase, bool) or not isinstance(self.random_erase, (int, float))
                 or not 0 <= self.random_erase <= 1):
-            raise ValueError(f"data.random_erase must be a probability in [0, 1], got {self.random_erase!r}")
+            raise ConfigError(f"data.random_erase must be a probability in [0, 1], got {self.random_erase!r}")
 
     def check_channels(self, channels: int) -> None:
         """Raises ValueError unless mean and std have 1 or ``channels`` values."""
         for name in ("mean", "std"):
             values = getattr(self, name)
             if len(values) not in (1, channels):
-                raise ValueError(
+                raise ConfigError(
                     f"data.{name} has {len(values)} values but the dataset has {channels} "
                     f"channel(s); give 1 value or {channels}")
         if self.randaugment and channels not in (1, 3):
-            raise ValueError(
+            raise ConfigError(
                 f"data.randaugment works on 1- or 3-channel images; the dataset has {channels}")
 
 
@@ -411,7 +413,7 @@ def normalize(images: np.ndarray, mean, std) -> np.ndarray:
     std = np.asarray(std, np.float32).reshape(-1)
     for name, values in (("mean", mean), ("std", std)):
         if values.size not in (1, channels):
-            raise ValueError(
+            raise ConfigError(
                 f"data.{name} has {values.size} values but the images have {channels} "
                 f"channel(s); give 1 value or {channels}")
     scale = 1.0 / (255.0 * std)

@@ -6,6 +6,7 @@ and, for methods that classify (fine-tuning, linear probing), top-1 / top-5 on `
 
 
 def build(config, method, mesh, num_classes: int) -> list:
+  from mim_jax import data
   from mim_jax.evaluators.classification import ClassifierEvaluator
   from mim_jax.evaluators.knn_eval import KnnEvaluator
   from mim_jax.evaluators.probe import FastProbe
@@ -16,4 +17,10 @@ def build(config, method, mesh, num_classes: int) -> list:
     out.append(KnnEvaluator(config, method, mesh, num_classes))
   if config.probe.enabled:
     out.append(FastProbe(config, method, mesh))
+  # The evaluators' splits are found now, so that a missing one stops the run before it trains.
+  splits = ([config.eval.split] if hasattr(method, "logits") else []) + (
+      [config.knn.train_split, config.knn.test_split] if config.knn.enabled else []) + (
+      [config.probe.train_split, config.probe.test_split] if config.probe.enabled else [])
+  for split in splits:
+    data.dataset_info(config.data, config.dataset, split)
   return out

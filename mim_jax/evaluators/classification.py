@@ -1,8 +1,10 @@
 """Top-1 / top-5 accuracy of a classifier (fine-tuned or linear-probed) on a labelled split.
 
 Logits are computed under the training mesh's sharding; correct counts are summed on device
-with the padding masked out, so the numbers cover exactly the split's examples. With an EMA of
-the weights (``ema_decay`` > 0) the EMA weights are scored too (``.../ema_top1``).
+with the padding masked out, so the numbers cover exactly the split's examples (with
+``eval.max_examples`` > 0: a seeded, class-stratified draw of that many, the same in every run).
+With an EMA of the weights (``ema_decay`` > 0) the EMA weights are scored too
+(``.../ema_top1``).
 """
 
 import jax
@@ -10,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mim_jax import data, sharding
+from mim_jax.config import ConfigError
 
 
 class ClassifierEvaluator:
@@ -19,8 +22,8 @@ class ClassifierEvaluator:
     self.config, self.eval = config, config.eval
     self.every_steps = config.eval.every_steps
     if self.eval.batch_size % jax.device_count():
-      raise ValueError(f"eval.batch_size {self.eval.batch_size} must divide over "
-                       f"{jax.device_count()} devices")
+      raise ConfigError(f"eval.batch_size {self.eval.batch_size} must divide over "
+                        f"{jax.device_count()} devices")
     self.batch_sharding = sharding.batch_sharding(mesh)
 
     def counts(params, extra, batch):

@@ -9,15 +9,19 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from mim_jax import data, sharding
+from mim_jax.config import ConfigError
 
 
 class FeatureExtractor:
-  """``extractor(params, split, max_examples)`` -> (features [N, D] float32, labels [N])."""
+  """``extractor(params, split, max_examples)`` -> (features [N, D] float32, labels [N]).
+
+  ``max_examples`` > 0 takes a seeded, class-stratified draw of that many examples of the split
+  (``data.eval_iterator``; seed 0, so every run scores the same examples); 0 the whole split."""
 
   def __init__(self, config, method, mesh, pool: str, batch_size: int):
     if batch_size % jax.device_count():
-      raise ValueError(f"evaluator batch_size {batch_size} must divide over "
-                       f"{jax.device_count()} devices")
+      raise ConfigError(f"evaluator batch_size {batch_size} must divide over "
+                        f"{jax.device_count()} devices")
     self.config, self.batch_size = config, batch_size
     self.batch_sharding = sharding.batch_sharding(mesh)
     self._features = jax.jit(lambda params, images: method.features(params, images, pool),

@@ -1,9 +1,11 @@
 """Fast probe (evaluation.md, our choice): a cheap, deterministic curve of representation quality.
 
-Features of a fixed labelled subset of the training split are computed with the encoder under
+Features of a fixed labelled subset of the training split (``probe.train_examples``: a seeded,
+class-stratified draw, the same in every run; ``data.subsets``) are computed with the encoder under
 the same sharding as training, gathered on the host, standardized, and fit with an L2-regularized
 multinomial logistic regression (L-BFGS, scikit-learn); the metric is its accuracy on a fixed
-subset of the test split. Not the full linear-probe protocol: a signal that pre-training learns.
+draw of the evaluation split (``probe.test_examples``). Not the full linear-probe protocol: a
+signal that pre-training learns.
 """
 
 import numpy as np

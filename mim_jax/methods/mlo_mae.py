@@ -19,9 +19,9 @@ of theta on K pre-training batches, then one of psi, then one of phi with the hy
 ``mlo.hypergrad`` (``mim_jax.hypergrad``): 'finite_difference' (the official code's), 'jvp' (the
 same expression, exact) or 'unroll' (jax.grad of L_M through the round's K theta steps and the
 psi step, which then are the round's real updates). Each level has its own data stream
-(``data_streams``: by default the training split cut 80/20 by example id, stages I and II on the
-80 %, stage III on the 20 %), its own AdamW (betas of ``optimizer``) and its own cosine schedule
-over its own updates. The checkpoint holds all three parameter sets and optimizer states.
+(``data_streams``: by default a seeded, class-stratified draw of 20 % of the training split for
+stage III and the other 80 % for stages I and II), its own AdamW (betas of ``optimizer``) and its
+own cosine schedule over its own updates. The checkpoint holds all three parameter sets and optimizer states.
 """
 
 import jax
@@ -123,7 +123,10 @@ class MLOMAE(MAE):
   # --------------------------------------------------------------------------------------------
   def data_streams(self, train_split: str, batch_size: int) -> dict:
     c, o = self.config, self.config.mlo
-    kept, heldout = data.holdout_splits(c.data, c.dataset, train_split, o.heldout_fraction)
+    # Stage III's part: a class-stratified draw of heldout_fraction (seed config.seed), the
+    # rest for stages I and II; the same on every host and every resume.
+    kept, heldout = data.holdout_splits(c.data, c.dataset, train_split, o.heldout_fraction,
+                                        seed=c.seed)
     pretrain = train_split if o.stage1_uses_all_train else kept
     return {"pretrain": (pretrain, self.steps * batch_size),
             "train": (kept, o.head_batch_size or batch_size),
