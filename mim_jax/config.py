@@ -68,6 +68,9 @@ def base_config(method: str = "mae") -> ConfigDict:
   # dataset or a role: 'train', or 'evaluation' = the first of validation / val / test that the
   # dataset has (digits: test; folder: its val/ or test/; ImageNet: validation).
   c.train_split = "train"
+  c.train_fraction = 1.0         # < 1: train on a class-stratified draw of this share of
+                                 #   train_split (seed 0: the same examples in every run), e.g.
+                                 #   0.1 to fine-tune with 10% of the labels
   c.image_size = 224
   c.data = ConfigDict(dict(
       data_dir="", crop_scale=(0.2, 1.0), crop_ratio=(0.75, 4.0 / 3.0), flip=True,

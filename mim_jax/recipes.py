@@ -253,3 +253,149 @@ def mlo_mae(hypergrad: str):
   c.model.mask_ratio = 0.75
   c.compute_dtype = "float32"
   return c
+
+
+# ----------------------------------------------------------------------------- the league
+# configs/league_fashion_mnist.py: every method on Fashion-MNIST with one encoder per family,
+# one pre-training budget in images seen and one budget per evaluation protocol.
+
+LEAGUE_DATASET = "folder:runs/fashion_mnist"
+LEAGUE_TRAIN_IMAGES = 60_000      # Fashion-MNIST's train split (the evaluation split: 10,000)
+
+
+def league_data(c):
+  """Fashion-MNIST at 28 px: mean / std 0.2860 / 0.3530 (one value: a folder source decodes the
+  grey PNGs to three equal channels), RandomResizedCrop(0.35-1) + horizontal flip, evaluation
+  on the whole image; splits by role (train; evaluation = the 10,000 test images)."""
+  c.dataset = LEAGUE_DATASET
+  c.train_split = "train"
+  c.image_size = 28
+  c.data.mean = (0.2860,)
+  c.data.std = (0.3530,)
+  c.data.crop_scale = (0.35, 1.0)
+  c.data.flip = True
+  c.data.eval_crop_pct = 1.0
+  return c
+
+
+def league_encoder(m, family: str = "vit"):
+  """The league's encoder of a family. ``vit``: 4 px patches (7x7 = 49 tokens at 28 px), 128
+  wide, 4 blocks, 4 heads. ``hierarchical``: the "mnist28" size of models/hierarchical.py (2 px
+  patches; 14x14 tokens 64 wide, 2 blocks, 7x7 windows; 7x7 tokens 128 wide, 3 blocks), whose
+  last grid is the ViT's 7x7."""
+  if family == "hierarchical":
+    m.encoder, m.variant = "hierarchical", "mnist28"
+    return m
+  if family != "vit":
+    raise ValueError(f"league encoder family must be 'vit' or 'hierarchical', got {family!r}")
+  m.encoder, m.variant = "vit", "tiny_test/4"
+  m.width, m.depth, m.heads = 128, 4, 4
+  return m
+
+
+def league_images_per_step(c) -> int:
+  """Training images one step of a pre-training config sees: ``batch_size``; MI-MAE counts
+  views (x ``mi_mae.num_masks``); MLO-MAE counts its MAE's images (a step is a round of
+  ``mlo.unroll_steps`` MAE updates; the head's and masking network's batches are not counted)."""
+  if c.method == "mi_mae":
+    return c.batch_size * c.mi_mae.num_masks
+  if c.method == "mlo_mae":
+    return c.batch_size * c.mlo.unroll_steps
+  return c.batch_size
+
+
+def league_epoch_steps(c, train_images: int = LEAGUE_TRAIN_IMAGES) -> int:
+  """Steps per epoch as the trainer counts them for ``c`` on a train split of ``train_images``:
+  MI-MAE with ``epoch_unit='views'``: a pass over 1 / num_masks of the images; MLO-MAE: a pass
+  over the MAE's part of the split (1 - heldout_fraction), rounds of unroll_steps batches."""
+  from mim_jax import optim  # pylint: disable=g-import-not-at-top
+  examples, per_step = train_images, c.batch_size
+  if c.method == "mi_mae" and c.mi_mae.epoch_unit == "views":
+    examples = round(train_images / c.mi_mae.num_masks)
+  if c.method == "mlo_mae":
+    if not c.mlo.stage1_uses_all_train:
+      examples -= int(c.mlo.heldout_fraction * train_images + 0.5)
+    per_step = c.batch_size * c.mlo.unroll_steps
+  return optim.steps_per_epoch(examples, per_step)
+
+
+def league_pretraining(c, images: int, warmup_share: float, probe_every: int,
+                       train_images: int = LEAGUE_TRAIN_IMAGES):
+  """A league pre-training run of ``images`` images seen (``league_images_per_step``; must
+  divide), ``warmup_share`` of the steps warmup, then cosine (or the config's own multistep:
+  its one drop moved to 7/8 of the steps). Epoch-valued settings (warmup, SimMIM's drop, AMT's
+  start and refresh interval at the shares the config had) are converted for a train split of
+  ``train_images``. The fast probe: class-stratified draws of 1000 training / 2000 evaluation
+  images, mean-pooled, every ``probe_every`` steps and at the end; no random-init probe (the
+  league has random-init rows)."""
+  per_step = league_images_per_step(c)
+  if images % per_step:
+    raise ValueError(f"{images} images do not divide into steps of {per_step}")
+  steps = images // per_step
+  spe = league_epoch_steps(c, train_images)
+  if c.model.get("masking") == "amt":  # keep the config's shares of the run
+    start_share = c.amt.start_epoch / c.total_epochs
+    interval_share = c.amt.interval_epochs / c.total_epochs
+    c.amt.start_epoch = start_share * steps / spe
+    c.amt.interval_epochs = interval_share * steps / spe
+  if c.optimizer.schedule == "multistep":
+    c.optimizer.decay_epochs = (0.875 * steps / spe,)
+  c.total_steps = steps
+  c.total_epochs = steps / spe
+  c.warmup_epochs = warmup_share * steps / spe
+  c.log_every = 50
+  c.image_every = steps
+  c.checkpoint.every_steps = 1000
+  c.probe.enabled = True
+  c.probe.train_split, c.probe.test_split = "train", "evaluation"
+  c.probe.train_examples, c.probe.test_examples = 1000, 2000
+  c.probe.every_steps = probe_every
+  c.probe.batch_size = 240
+  c.probe.pool = "avg"
+  c.probe.random_init = False
+  return c
+
+
+def league_evaluation(c, batch_size: int = 240):
+  """Top-1 / top-5 on the whole evaluation split and kNN over the whole training split, with
+  batches of ``batch_size``; no fast probe."""
+  c.eval.split = "evaluation"
+  c.eval.batch_size = batch_size
+  c.eval.max_examples = 0
+  c.knn.train_split = "train"
+  c.knn.test_split = "evaluation"
+  c.knn.train_examples = c.knn.test_examples = 0
+  c.knn.batch_size = batch_size
+  c.probe.enabled = False
+  return c
+
+
+def league_runlocal(c, images_per_step: int = 16):
+  """``runlocal`` of a league cell: 4 steps of ``images_per_step`` training images (MI-MAE: 4
+  images x 4 views; MLO-MAE: 2 rounds of 2 x 8), evaluations on class-stratified draws of 64,
+  a checkpoint at the end. AMT (whose refresh reads the whole training split) starts at step 1
+  and refreshes every 2 steps over ``train[:256]``, as ``amt_runlocal`` does."""
+  per_step = league_images_per_step(c) // c.batch_size
+  c.batch_size = images_per_step // per_step
+  c.total_steps = 4
+  c.warmup_epochs = 0.0
+  c.log_every = 1
+  c.image_every = 4
+  c.checkpoint.every_steps = 4
+  if c.model.get("masking") == "amt":
+    c.train_split = "train[:256]"
+    spe = 256 // c.batch_size
+    c.amt.start_epoch, c.amt.interval_epochs = 1 / spe, 2 / spe
+    c.amt.batch_size = 16
+  if c.method == "mi_mae":
+    c.mi_mae.club_start = 2
+  if c.optimizer.schedule == "multistep":
+    c.optimizer.decay_epochs = ()
+  for group in (c.eval, c.knn, c.probe):
+    group.batch_size = 16
+    group.every_steps = 4
+  c.eval.max_examples = 64
+  c.knn.train_examples = c.knn.test_examples = 64
+  c.probe.train_examples = c.probe.test_examples = 64
+  return c
+

@@ -171,17 +171,24 @@ def _run(config, workdir: str) -> dict:
     raise ConfigError(f"batch_size {config.batch_size} does not divide over "
                       f"{jax.device_count()} devices")
 
-  info = data.dataset_info(config.data, config.dataset, config.train_split)
+  if not 0.0 < config.train_fraction <= 1.0:
+    raise ConfigError(f"train_fraction must be in (0, 1], got {config.train_fraction}")
+  train_split = (config.train_split if config.train_fraction == 1.0 else
+                 data.Subset(config.train_split, fraction=config.train_fraction, seed=0))
+  info = data.dataset_info(config.data, config.dataset, train_split)
   method = methods.get(config.method)(config, info.channels, num_classes=info.num_classes,
                                       data_info=info)
+  if hasattr(method, "data_streams") and config.train_fraction != 1.0:
+    raise ConfigError(f"train_fraction is not supported by {config.method!r}, which draws its "
+                      f"own parts of train_split")
   trains = hasattr(method, "loss")
   if not trains and not config.eval_only:
     raise ConfigError(f"method {config.method!r} trains nothing: run it with "
                       f"--config.eval_only=True")
   # The training streams: the train split, or those the method names (MLO-MAE: three). The
   # first is what epochs count passes over and images/s counts images of.
-  streams = (method.data_streams(config.train_split, config.batch_size)
-             if hasattr(method, "data_streams") else {"": (config.train_split, config.batch_size)})
+  streams = (method.data_streams(train_split, config.batch_size)
+             if hasattr(method, "data_streams") else {"": (train_split, config.batch_size)})
   for name, (split, size) in streams.items():
     if size % jax.device_count():
       raise ConfigError(f"the batch of {size} images of stream {name or 'train'!r} does not "

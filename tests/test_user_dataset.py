@@ -111,3 +111,29 @@ def test_every_config_finds_its_splits_on_a_folder_and_on_tfds(tmp_path, user_fo
         kept, heldout = data.holdout_splits(c.data, c.dataset, c.train_split,
                                             c.mlo.heldout_fraction)
         assert heldout.split == kept.split == c.train_split
+
+
+def test_train_fraction_trains_on_a_stratified_draw(tmp_path, user_folder, monkeypatch):
+  """``train_fraction`` 0.1 of a class-ordered folder: the training stream holds 10% of each
+  class (not the first 10% of the files, which would be one class), the same in every run."""
+  from mim_jax import data as data_lib
+  from mim_jax import train
+  seen = []
+  real = data_lib.train_iterator
+
+  def recording(*args, **kwargs):
+    for batch in real(*args, **kwargs):
+      seen.append(batch)
+      yield batch
+  monkeypatch.setattr(train.data, "train_iterator", recording)
+  c = config_lib.load(os.path.join(ROOT, "configs", "mae_digits.py") + ":runlocal")
+  for key, value in {"dataset": f"folder:{user_folder}", "train_fraction": "0.1",
+                     "total_steps": "2", "batch_size": "40", "probe.enabled": "False",
+                     "probe.random_init": "False", "model.depth": "1", "model.width": "32",
+                     "model.heads": "2", "model.decoder_width": "32", "model.decoder_depth": "1",
+                     "model.decoder_heads": "2", "image_every": "100"}.items():
+    config_lib.override(c, key, value)
+  train.train_and_evaluate(c, str(tmp_path / "run"))
+  ids = np.unique(np.concatenate([b["id"] for b in seen]))
+  labels = sources.open_source(c.dataset, c.data).labels("train")
+  assert len(ids) == 40 and np.bincount(labels[ids]).tolist() == [10, 10, 10, 10]

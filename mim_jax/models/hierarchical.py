@@ -54,10 +54,14 @@ class HierSize:
 # "tiny_test" is for unit tests; at 64 px it has B's window layout at 224 px (16 / 4 / 1 / 1
 # windows per stage). "digits" (our choice) fits the 16 px digits demo: 2 px patches and two
 # stages (8^2 tokens 64 wide in 8x8 windows, then 4^2 tokens 128 wide, global), so the last
-# stage has the 4x4 grid of the ViT demo's 4 px patches.
+# stage has the 4x4 grid of the ViT demo's 4 px patches. "mnist28" (our choice) is the same
+# encoder for 28 px images (Fashion-MNIST, MNIST): 2 px patches, 14^2 tokens 64 wide in four 7x7
+# windows, then 7^2 tokens 128 wide in one 7x7 window (global), so the last stage has the 7x7
+# grid of a ViT's 4 px patches at 28 px.
 HIER_SIZES = {
     "tiny_test": HierSize(16, (1, 1, 1, 1), (1, 2, 2, 4), (4, 4, 4, 2)),
     "digits": HierSize(64, (2, 3), (2, 4), (8, 4), patch_size=2),
+    "mnist28": HierSize(64, (2, 3), (2, 4), (7, 7), patch_size=2),
     "B": HierSize(128, (2, 2, 18, 2), (4, 8, 16, 32), (14, 14, 14, 7)),
     "L": HierSize(192, (2, 2, 18, 2), (6, 12, 24, 48), (14, 14, 14, 7)),
     "H": HierSize(352, (2, 2, 18, 2), (11, 22, 44, 88), (14, 14, 14, 7)),

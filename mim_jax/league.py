@@ -1,0 +1,190 @@
+"""The method league: every method x protocol x seed through the ordinary trainer, one table.
+
+  python -m mim_jax.league --config configs/league_fashion_mnist.py \
+      --dataset folder:runs/fashion_mnist --workdir runs/league_fashion_mnist
+  python -m mim_jax.league ... --report            # rebuild the table from the workdirs
+  python -m mim_jax.league ... --only mae,mae_amt --seeds 0   # some rows / seeds
+
+A league config file is an ordinary config file (``get_config("row=R,protocol=P[,arg]")``, one
+cell's config) that also has ``league()``: the rows, each a dict with ``name``, ``label``,
+``encoder``, ``pretrain`` (bool), ``protocols`` and ``seeds``; and may have ``claims()``:
+the paper claims the table tests (``mim_jax.league_report``).
+
+Each cell is a normal workdir, ``WORKDIR/ROW/sSEED/PROTOCOL``, run by ``python -m
+mim_jax.main`` in a subprocess (its output in ``league.log`` there); an evaluation cell of a
+pre-training row starts from that row's ``pretrain`` cell (``init_from``). A cell is done when
+its ``league_cell.json`` says so; running the league again skips done cells, resumes
+interrupted ones from their checkpoints (the trainer does that), and runs failed ones again.
+A failed cell is in the table as failed, with its exit status.
+"""
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+from mim_jax.metrics import format_duration
+
+CELL_FILE = "league_cell.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  row: str
+  protocol: str
+  seed: int
+  workdir: str
+  init_from: str = ""   # the pre-training cell this evaluation starts from
+
+  @property
+  def name(self) -> str:
+    return f"{self.row} s{self.seed} {self.protocol}"
+
+
+def load_league(config_path: str):
+  """The league config file as a module (it must have ``league()``)."""
+  if not os.path.isfile(config_path):
+    raise SystemExit(f"league config {config_path!r} not found")
+  spec = importlib.util.spec_from_file_location("_mim_jax_league_config", config_path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "league"):
+    raise SystemExit(f"{config_path} has no league(): it is not a league config")
+  return module
+
+
+def cells(rows, workdir: str, only=None, seeds=None) -> list:
+  """The matrix in running order: per row and seed, pre-training before its evaluations."""
+  out = []
+  known = {r["name"] for r in rows}
+  unknown = sorted(set(only or ()) - known)
+  if unknown:
+    raise SystemExit(f"--only: unknown rows {unknown}; the league has {sorted(known)}")
+  for row in rows:
+    if only and row["name"] not in only:
+      continue
+    for seed in (seeds if seeds is not None else row["seeds"]):
+      base = os.path.join(workdir, row["name"], f"s{seed}")
+      pretrain = os.path.join(base, "pretrain") if row["pretrain"] else ""
+      if pretrain:
+        out.append(Cell(row["name"], "pretrain", seed, pretrain))
+      out += [Cell(row["name"], p, seed, os.path.join(base, p), pretrain)
+              for p in row["protocols"]]
+  return out
+
+
+def read_cell(workdir: str) -> dict:
+  path = os.path.join(workdir, CELL_FILE)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_cell(workdir: str, record: dict) -> None:
+  path = os.path.join(workdir, CELL_FILE)
+  with open(path + ".tmp", "w") as f:
+    json.dump(record, f, indent=2)
+  os.replace(path + ".tmp", path)
+
+
+def command(cell: Cell, config_path: str, dataset: str, arg: str = "") -> list:
+  spec = f"{config_path}:row={cell.row},protocol={cell.protocol}" + (f",{arg}" if arg else "")
+  cmd = [sys.executable, "-m", "mim_jax.main", "--config", spec, "--workdir", cell.workdir,
+         f"--config.seed={cell.seed}"]
+  if dataset:
+    cmd.append(f"--config.dataset={dataset}")
+  if cell.init_from:
+    cmd.append(f"--config.init_from={cell.init_from}")
+  return cmd
+
+
+def run_cell(cell: Cell, cmd: list) -> dict:
+  """Runs (or resumes) one cell; returns its record, also written to its workdir. The wall-clock
+  sums every attempt, interrupted ones included as far as they were timed."""
+  os.makedirs(cell.workdir, exist_ok=True)
+  previous = read_cell(cell.workdir)
+  t0 = time.time()
+  with open(os.path.join(cell.workdir, "league.log"), "a") as log:
+    log.write(f"\n$ {' '.join(cmd)}\n")
+    log.flush()
+    rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+  tail = ""
+  if rc:
+    with open(os.path.join(cell.workdir, "league.log")) as f:
+      tail = "".join(f.readlines()[-5:]).strip()
+  record = {"row": cell.row, "protocol": cell.protocol, "seed": cell.seed,
+            "status": "done" if rc == 0 else "failed", "exit_status": rc,
+            "wall_s": previous.get("wall_s", 0.0) + time.time() - t0,
+            "attempts": previous.get("attempts", 0) + 1, "command": " ".join(cmd),
+            "error": tail}
+  _write_cell(cell.workdir, record)
+  return record
+
+
+def run(args) -> int:
+  module = load_league(args.config)
+  rows = module.league()
+  todo = cells(rows, args.workdir, args.only, args.seeds)
+  done_s, done_n, failed = 0.0, 0, 0
+  t_start = time.time()
+  for i, cell in enumerate(todo, start=1):
+    record = read_cell(cell.workdir)
+    if record.get("status") == "done":
+      print(f"[{i}/{len(todo)}] {cell.name}: done already ({format_duration(record['wall_s'])})",
+            flush=True)
+      continue
+    if cell.init_from and read_cell(cell.init_from).get("status") != "done":
+      print(f"[{i}/{len(todo)}] {cell.name}: skipped, its pre-training cell is not done",
+            flush=True)
+      continue
+    remaining = len(todo) - i + 1
+    eta = "?" if not done_n else format_duration(done_s / done_n * remaining)
+    print(f"[{i}/{len(todo)}] {cell.name}: running (league {format_duration(time.time() - t_start)}"
+          f" so far, ETA of the rest ~{eta})", flush=True)
+    record = run_cell(cell, command(cell, args.config, args.dataset, args.arg))
+    done_s, done_n = done_s + record["wall_s"], done_n + 1
+    failed += record["status"] != "done"
+    print(f"[{i}/{len(todo)}] {cell.name}: {record['status']} in "
+          f"{format_duration(record['wall_s'])}" +
+          (f" (exit {record['exit_status']}; see {cell.workdir}/league.log)"
+           if record["status"] != "done" else ""), flush=True)
+  from mim_jax import league_report
+  paths = league_report.write(module, rows, args.workdir, args.results, args.name, args.seeds)
+  print(f"league: {len(todo)} cells, {failed} failed this time; table: {paths[0]}", flush=True)
+  return 0
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="mim_jax.league", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", required=True, help="a league config file")
+  parser.add_argument("--workdir", required=True, help="one workdir per cell goes under it")
+  parser.add_argument("--dataset", default="", help="config.dataset of every cell")
+  parser.add_argument("--arg", default="", help="extra config argument, e.g. runlocal")
+  parser.add_argument("--only", default="", help="comma-separated rows")
+  parser.add_argument("--seeds", default="", help="comma-separated seeds (default: each row's)")
+  parser.add_argument("--report", action="store_true", help="only rebuild the table")
+  parser.add_argument("--results", default="results", help="where the table and figures go")
+  parser.add_argument("--name", default="", help="league_<name>.md (default: the config's)")
+  args = parser.parse_args(argv)
+  args.only = [r for r in args.only.split(",") if r]
+  args.seeds = [int(s) for s in args.seeds.split(",") if s] or None
+  if not args.name:
+    args.name = os.path.splitext(os.path.basename(args.config))[0].removeprefix("league_")
+  if args.report:
+    from mim_jax import league_report
+    module = load_league(args.config)
+    paths = league_report.write(module, module.league(), args.workdir, args.results, args.name,
+                                args.seeds)
+    print(f"table: {paths[0]}")
+    return 0
+  return run(args)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,146 @@
+"""The league runner: a tiny matrix on a generated dataset, an interruption, a failed cell, and
+the table rebuilt from the workdirs alone."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from mim_jax import league, league_report
+from tests.test_train import ROOT
+
+# A league config: rows MAE (pre-training, then kNN from it), the ViT at random init (kNN) and
+# a row whose kNN cell cannot run (its config asks for a split the dataset lacks).
+TINY_LEAGUE = f'''
+"""A tiny league for the tests."""
+import sys
+sys.path.insert(0, {ROOT!r})
+from mim_jax import recipes
+from mim_jax.config import base_config, parse_arg
+
+def league():
+  return [
+      dict(name="mae", label="MAE", encoder="vit", pretrain=True, protocols=["knn"], seeds=[0]),
+      dict(name="random_vit", label="ViT at random init", encoder="vit", pretrain=False,
+           protocols=["knn"], seeds=[0]),
+      dict(name="broken", label="broken", encoder="vit", pretrain=False, protocols=["knn"],
+           seeds=[0]),
+  ]
+
+def claims():
+  return [dict(text="MAE beats random init", row="mae", than="random_vit", protocol="knn")]
+
+def tiny(m):
+  m.variant, m.width, m.depth, m.heads = "tiny_test/4", 32, 1, 2
+
+def get_config(arg=None):
+  arg = parse_arg(arg, row="", protocol="")
+  if arg.protocol == "pretrain":
+    c = base_config("mae")
+    recipes.digits_mae_model(c)
+    tiny(c.model)
+    c.model.decoder_width, c.model.decoder_depth, c.model.decoder_heads = 32, 1, 2
+    c.batch_size, c.total_steps, c.warmup_epochs = 16, 6, 0.05
+    c.log_every, c.checkpoint.every_steps, c.image_every = 2, 3, 6
+    c.probe.enabled = c.probe.random_init = False
+    c.knn.enabled, c.knn.every_steps, c.knn.batch_size = True, 3, 16
+    c.knn.train_examples, c.knn.test_examples = 40, 16
+    return c
+  c = base_config("knn")
+  recipes.digits_data(c)
+  recipes.digits_encoder(c.model)
+  tiny(c.model)
+  c.eval_only, c.batch_size = True, 16
+  c.knn.enabled, c.knn.batch_size = True, 16
+  c.knn.train_examples, c.knn.test_examples = 40, 16
+  if arg.row == "broken":
+    c.knn.test_split = "no_such_split"
+  return c
+'''
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  """A class-ordered folder: 3 classes x 20 train / 6 test grey 16 px images."""
+  from PIL import Image
+  root = tmp_path_factory.mktemp("league_data")
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 20), ("test", 6)):
+    for label in range(3):
+      os.makedirs(root / split / f"c{label}")
+      for i in range(n):
+        image = rng.integers(0, 60, (16, 16), dtype=np.uint8)
+        image[:, 5 * label:5 * label + 5] = 255
+        Image.fromarray(image).save(root / split / f"c{label}" / f"{i:03d}.png")
+  return f"folder:{root}"
+
+
+def test_tiny_league_runs_resumes_reports_failures_and_rebuilds(tmp_path, monkeypatch, dataset):
+  monkeypatch.setenv("XLA_FLAGS", "")  # each cell on one CPU device: faster on 2 cores
+  config = tmp_path / "league_tiny.py"
+  config.write_text(TINY_LEAGUE)
+  workdir, results = str(tmp_path / "league"), str(tmp_path / "results")
+  argv = ["--config", str(config), "--workdir", workdir, "--dataset", dataset,
+          "--results", results]
+
+  # Interrupted before its second cell: only MAE's pre-training ran.
+  real = league.run_cell
+  calls = []
+
+  def interrupt_second(cell, cmd):
+    calls.append(cell.name)
+    if len(calls) == 2:
+      raise KeyboardInterrupt
+    return real(cell, cmd)
+  monkeypatch.setattr(league, "run_cell", interrupt_second)
+  with pytest.raises(KeyboardInterrupt):
+    league.main(argv)
+  monkeypatch.setattr(league, "run_cell", real)
+  assert league.read_cell(os.path.join(workdir, "mae", "s0", "pretrain"))["status"] == "done"
+
+  assert league.main(argv) == 0   # the rest; the finished cell is skipped, not run again
+  cells = {c.name: league.read_cell(c.workdir)
+           for c in league.cells(league.load_league(str(config)).league(), workdir)}
+  assert set(cells) == {"mae s0 pretrain", "mae s0 knn", "random_vit s0 knn", "broken s0 knn"}
+  assert cells["mae s0 pretrain"]["attempts"] == 1
+  assert [cells[n]["status"] for n in ("mae s0 knn", "random_vit s0 knn")] == ["done", "done"]
+  assert cells["broken s0 knn"]["status"] == "failed"
+  assert cells["broken s0 knn"]["exit_status"] == 2          # a user error, reported
+  assert "no_such_split" in cells["broken s0 knn"]["error"]
+
+  table_md = open(os.path.join(results, "league_tiny.md")).read()
+  data = json.load(open(os.path.join(results, "league_tiny.json")))
+  mae_knn = [r for r in data["cells"] if r["row"] == "mae" and r["protocol"] == "knn"][0]
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "mae/s0/knn/metrics.jsonl"))]
+  assert mae_knn["value"] == [r["knn/top1"] for r in rows if "knn/top1" in r][-1]
+  assert f"| MAE | vit | {mae_knn['value']:.4f} |" in table_md
+  assert "| broken | vit |  |  |  | knn s0 (exit 2) |" in table_md          # shown, not hidden
+  pre = [r for r in data["cells"] if r["protocol"] == "pretrain"][0]
+  assert pre["images_per_sec"] > 0 and [s for s, _ in pre["curves"]["knn/top1"]] == [3, 6]
+  assert data["claims"][0]["verdict"].startswith(("holds", "reversed", "not shown"))
+
+  for figure in ("accuracy", "curves"):
+    assert os.path.getsize(os.path.join(results, f"league_tiny_{figure}.png")) > 1000
+    assert f"(league_tiny_{figure}.png)" in table_md
+
+  # --report rebuilds the same table from the workdirs alone.
+  os.remove(os.path.join(results, "league_tiny.md"))
+  assert league.main(argv + ["--report"]) == 0
+  assert open(os.path.join(results, "league_tiny.md")).read() == table_md
+
+
+def test_claim_verdicts_use_the_seed_noise():
+  table = {"a": {"p": {"mean": 0.80, "std": 0.01, "n": 3}},
+           "b": {"p": {"mean": 0.75, "std": None, "n": 1}},
+           "c": {"p": {"mean": 0.795, "std": None, "n": 1}}}
+  # b borrows a's std (0.01): noise = sqrt(0.01^2/3 + 0.01^2/1) = 0.01155
+  v = league_report.verdict(table, dict(row="a", than="b", protocol="p"))
+  assert v["verdict"] == "holds" and abs(v["noise_points"] - 1.1547) < 1e-3
+  assert abs(v["diff_points"] - 5.0) < 1e-9
+  assert league_report.verdict(table, dict(row="a", than="c", protocol="p"))["verdict"] == (
+      "not shown")
+  assert league_report.verdict(table, dict(row="b", than="a", protocol="p"))["verdict"] == (
+      "reversed")
+  assert league_report.verdict(table, dict(row="a", than="z", protocol="p"))["verdict"] == (
+      "not measured")

@@ -1,0 +1,258 @@
+"""configs/league_fashion_mnist.py: every cell of ``league()`` loads and validates; equal footing
+(one encoder per family, one pre-training budget in images seen, one budget per evaluation
+protocol); ``runlocal`` is tiny; the hierarchical "mnist28" size fits 28 px with the ViT's 7x7
+last grid. Configs are only loaded and models only traced: nothing trains here."""
+
+import functools
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ml_collections import ConfigDict
+
+from mim_jax import config as config_lib
+from mim_jax import optim
+from mim_jax.models import encoders, hierarchical
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PATH = os.path.join(ROOT, "configs", "league_fashion_mnist.py")
+TRAIN = 60_000   # Fashion-MNIST's training images
+ENCODER_KEYS = tuple(encoders.encoder_config())
+SIZE_KEYS = ("encoder", "variant", "width", "depth", "heads", "mlp_ratio", "stage_depths",
+             "stage_heads", "window_sizes", "patch_size")
+
+
+@functools.lru_cache(maxsize=None)
+def module():
+  spec = importlib.util.spec_from_file_location("_league_fashion_mnist", PATH)
+  out = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(out)
+  return out
+
+
+@functools.lru_cache(maxsize=None)
+def load(row, protocol, runlocal=False):
+  return config_lib.load(f"{PATH}:row={row},protocol={protocol}" + (",runlocal" if runlocal
+                                                                       else ""))
+
+
+def cells(runlocal=False):
+  return [(r, p, load(r["name"], p, runlocal)) for r in module().league() for p in r["protocols"]]
+
+
+def images_per_step(c):
+  """Images a step sees: MI-MAE counts views, MLO-MAE its round's MAE updates."""
+  if c.method == "mi_mae":
+    return c.batch_size * c.mi_mae.num_masks
+  if c.method == "mlo_mae":
+    return c.batch_size * c.mlo.unroll_steps
+  return c.batch_size
+
+
+def epoch(c, train=TRAIN):
+  """(examples per epoch, images per step) as the trainer counts a pre-training run."""
+  if c.method == "mi_mae":
+    return train // c.mi_mae.num_masks, c.batch_size       # epochs of views
+  if c.method == "mlo_mae":
+    return train - round(c.mlo.heldout_fraction * train), c.batch_size * c.mlo.unroll_steps
+  return train, c.batch_size
+
+
+# ----------------------------------------------------------------------------- the matrix
+
+
+def test_matrix():
+  rows = module().league()
+  names = [r["name"] for r in rows]
+  assert names == ["mae", "mae_amt", "simmim", "simmim_amt", "mi_mae", "mi_mae_amt", "mixmim",
+                   "mixmim_vit", "mlo_mae", "random_vit", "random_hierarchical", "supervised"]
+  evals = ["linear_probe", "knn", "finetune", "finetune10"]
+  for r in rows:
+    assert set(r) >= {"name", "label", "encoder", "pretrain", "protocols", "seeds", "claims"}
+    assert r["encoder"] in ("vit", "hierarchical")
+    assert r["pretrain"] == (r["protocols"][0] == "pretrain")
+    if r["pretrain"]:
+      assert r["protocols"] == ["pretrain"] + evals
+    assert r["seeds"] == ([0, 1, 2] if r["name"] in ("mae", "supervised") else [0])
+  by = {r["name"]: r for r in rows}
+  assert by["random_vit"]["protocols"] == by["random_hierarchical"]["protocols"] == [
+      "linear_probe", "knn"]
+  assert by["supervised"]["protocols"] == ["finetune", "finetune10"]
+  assert [r["name"] for r in rows if r["encoder"] == "hierarchical"] == ["mixmim",
+                                                                          "random_hierarchical"]
+  for claim in module().claims():
+    assert claim["row"] in by and claim["than"] in by and claim["text"]
+    assert claim["protocol"] in by[claim["row"]]["protocols"]
+    assert claim["protocol"] in by[claim["than"]]["protocols"]
+    assert claim in by[claim["row"]]["claims"]
+
+
+def test_every_cell_loads_validates_and_builds_its_method():
+  from mim_jax import methods
+  from mim_jax.data import DatasetInfo
+  info = DatasetInfo(num_classes=10, channels=3, num_examples=TRAIN, base_split_size=TRAIN)
+  for r, protocol, c in cells():
+    config_lib.validate(c)
+    assert c.method == {"pretrain": None, "finetune10": "finetune"}.get(protocol, protocol) or (
+        protocol == "pretrain" and c.method in ("mae", "simmim", "mi_mae", "mixmim", "mlo_mae"))
+    # the method's module accepts it (models are built, nothing is initialized)
+    methods.get(c.method)(c, 3, num_classes=10, data_info=info)
+  with pytest.raises(config_lib.ConfigError, match="no protocol 'pretrain'"):
+    load("supervised", "pretrain")
+  with pytest.raises(config_lib.ConfigError, match="row must be one of"):
+    load("nope", "knn")
+
+
+def test_data_and_splits_are_the_same_everywhere():
+  for _, protocol, c in cells():
+    assert c.dataset == "folder:runs/fashion_mnist" and c.image_size == 28
+    assert c.train_split == "train"
+    assert c.train_fraction == (0.1 if protocol == "finetune10" else 1.0)
+    assert c.data.mean == (0.2860,) and c.data.std == (0.3530,)
+    assert c.data.crop_scale == (0.35, 1.0) and c.data.flip and c.data.eval_crop_pct == 1.0
+    if protocol != "pretrain":
+      assert c.eval.split == "evaluation" and c.eval.max_examples == 0
+      assert (c.knn.train_split, c.knn.test_split) == ("train", "evaluation")
+      assert c.init_from == "" and not c.probe.enabled
+
+
+# ----------------------------------------------------------------------------- equal footing
+
+
+def test_one_encoder_per_family():
+  sizes = {}
+  for r, protocol, c in cells():
+    assert c.model.encoder == r["encoder"]
+    size = tuple(c.model[k] for k in SIZE_KEYS)
+    assert sizes.setdefault(r["encoder"], size) == size, (r["name"], protocol)
+  vit = dict(zip(SIZE_KEYS, sizes["vit"]))
+  assert (vit["variant"], vit["width"], vit["depth"], vit["heads"]) == ("tiny_test/4", 128, 4, 4)
+  assert dict(zip(SIZE_KEYS, sizes["hierarchical"]))["variant"] == "mnist28"
+
+
+def test_evaluations_restore_their_rows_encoder():
+  """Every evaluation cell of a pre-training row describes the encoder that row pre-trains
+  (SimMIM's block options included; its fine-tuning gives each block a copy of the shared
+  relative position table, as SimMIM fine-tunes); the others describe the default ViT."""
+  default = load("random_vit", "knn").model
+  for r, protocol, c in cells():
+    if protocol == "pretrain":
+      continue
+    if r["pretrain"]:
+      want = {k: load(r["name"], "pretrain").model[k] for k in ENCODER_KEYS}
+    else:
+      want = {k: (default[k] if r["encoder"] == "vit" else c.model[k]) for k in ENCODER_KEYS}
+    if c.method == "finetune" and want["rel_pos"] == "shared":
+      want["rel_pos"] = "per_block"
+    assert {k: c.model[k] for k in ENCODER_KEYS} == want, (r["name"], protocol)
+  assert load("simmim_amt", "knn").model.rel_pos == "shared"
+  assert load("mixmim_vit", "knn").model.encoder == "vit"
+
+
+def test_pretraining_rows_see_the_same_images():
+  seen, schedules = {}, {}
+  for r, protocol, c in cells():
+    if protocol != "pretrain":
+      continue
+    seen[r["name"]] = c.total_steps * images_per_step(c)
+    # the trainer's own arithmetic: steps, warmup, AMT's and SimMIM's epoch-valued settings
+    examples, step_images = epoch(c)
+    total, warmup, per_epoch = optim.run_length(c, examples, step_images)
+    assert total == c.total_steps
+    assert warmup == round(0.1 * total), r["name"]
+    if c.model.get("masking") == "amt":
+      spe = optim.steps_per_epoch(examples, c.batch_size)
+      share = 0.2 if c.method == "simmim" else 0.1
+      assert round(c.amt.start_epoch * spe) == round(share * total)
+      assert round(c.amt.interval_epochs * spe) == round(share * total)
+    if c.optimizer.schedule == "multistep":
+      assert [round(e * per_epoch) for e in c.optimizer.decay_epochs] == [round(0.875 * total)]
+    schedules[r["name"]] = per_epoch
+  assert len(seen) == 9 and len(set(seen.values())) == 1, seen
+  assert seen["mae"] == module().PRETRAIN_IMAGES
+  # MAE's step sees 160 images; MI-MAE's 40 images x 4 views; MLO-MAE's round 2 x 160.
+  mi, mlo = load("mi_mae", "pretrain"), load("mlo_mae", "pretrain")
+  assert (mi.batch_size, mi.mi_mae.num_masks, mi.mi_mae.epoch_unit) == (40, 4, "views")
+  assert (mlo.batch_size, mlo.mlo.unroll_steps) == (160, 2)
+  assert load("mi_mae_amt", "pretrain").model.masking == "amt"
+
+
+def test_evaluation_protocols_agree_across_rows():
+  """Apart from the encoder's description, each protocol's config is the same in every row."""
+  by_protocol = {}
+  for r, protocol, c in cells():
+    if protocol == "pretrain":
+      continue
+    d = c.to_dict()
+    d["model"] = {k: v for k, v in d["model"].items() if k not in ENCODER_KEYS}
+    first = by_protocol.setdefault(protocol, (r["name"], d))
+    assert d == first[1], (r["name"], first[0], protocol)
+  assert set(by_protocol) == {"linear_probe", "knn", "finetune", "finetune10"}
+  ft, ft10 = load("mae", "finetune"), load("mae", "finetune10")
+  assert ft.batch_size == ft10.batch_size
+  for c, images in ((ft, TRAIN), (ft10, TRAIN // 10)):   # warmup: 10 % of the steps
+    assert optim.run_length(c, images)[1] == round(0.1 * c.total_steps)
+
+
+def test_runlocal_is_tiny():
+  for r, protocol, c in cells(runlocal=True):
+    config_lib.validate(c)
+    assert c.total_steps <= 4
+    if protocol == "pretrain":
+      assert c.total_steps * images_per_step(c) <= 64
+    assert c.batch_size <= 16
+    if c.model.get("masking") == "amt":
+      assert c.train_split == "train[:256]" and c.amt.batch_size <= 16
+    assert c.eval.max_examples <= 64
+    assert 0 < c.knn.train_examples <= 64 and 0 < c.knn.test_examples <= 64
+    if c.probe.enabled:
+      assert c.probe.train_examples <= 64 and c.probe.test_examples <= 64
+
+
+# ----------------------------------------------------------------------------- mnist28
+
+
+def test_mnist28_fits_28px_with_the_vits_last_grid():
+  size = hierarchical.parse_hier_variant("mnist28")
+  assert (size.patch_size, size.embed_dim, size.depths, size.heads) == (2, 64, (2, 3), (2, 4))
+  # stage 0: 14x14 tokens in 2x2 windows of 7x7; stage 1: 7x7 tokens, one 7x7 window
+  assert hierarchical.stage_windows(28, size.patch_size, size.window_sizes) == [(14, 7), (7, 7)]
+  with pytest.raises(ValueError, match="resolution 14 is not divisible by window size 8"):
+    hierarchical.stage_windows(28, 2, hierarchical.HIER_SIZES["digits"].window_sizes)
+
+  def build(family):
+    m = ConfigDict(encoders.encoder_config())
+    m.encoder, m.variant = family, ("mnist28" if family == "hierarchical" else "tiny_test/4")
+    m.width, m.depth, m.heads = (0, 0, 0) if family == "hierarchical" else (128, 4, 4)
+    return encoders.build(m, 28)
+
+  images = jnp.zeros((2, 28, 28, 3))
+  hier, vit = build("hierarchical"), build("vit")
+  params = jax.eval_shape(hier.init, jax.random.key(0), images)
+  tokens = jax.eval_shape(hier.apply, params, images)
+  vit_tokens = jax.eval_shape(vit.apply, jax.eval_shape(vit.init, jax.random.key(0), images),
+                              images)
+  assert tokens.shape == (2, 7 * 7, 128) and hier.width == 128
+  assert vit_tokens.shape == (2, 1 + 7 * 7, 128)      # [CLS] + the same 7x7 grid
+  tables = [params[f"stage_{i}"]["block_0"]["attn"]["relative_position_bias_table"].shape
+            for i in range(2)]
+  assert tables == [(13 * 13, 2), (13 * 13, 4)]
+
+  # parameters, counted from the layout (3 input channels: a folder source's decoded PNGs)
+  def block(d, heads, w):   # 2 LayerNorms, qkv, bias table, proj, MLP 4x
+    return 2 * 2 * d + (3 * d * d + 3 * d) + (2 * w - 1) ** 2 * heads + (d * d + d) + (
+        d * 4 * d + 4 * d) + (4 * d * d + d)
+  c0 = 64
+  expected = (2 * 2 * 3 * c0 + c0) + 2 * c0                   # patch embedding + its norm
+  expected += 2 * block(c0, 2, 7)                              # stage 0
+  expected += 2 * 4 * c0 + 4 * c0 * 2 * c0                     # merging: norm, reduction
+  expected += 3 * block(2 * c0, 4, 7)                          # stage 1
+  expected += 2 * 2 * c0                                       # final norm
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  assert count == expected == 731_984
+  vit_count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
+      jax.eval_shape(vit.init, jax.random.key(0), images)))
+  assert 0.85 < count / vit_count < 0.95    # 0.73 M against the ViT's 0.80 M
