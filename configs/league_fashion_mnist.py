@@ -23,9 +23,11 @@ each patch is ~1.8 source pixels upsampled and reconstruction becomes interpolat
 digits demo saw the same with 2 px patches); at 0.35 a patch still covers 2.4 source pixels,
 and an 0.08 crop (8 px of a 28 px garment) would often hold no class evidence. Horizontal flip
 on (MAE's default, unlike digits): every class is a garment, shoe or bag whose mirror image is
-the same class, so flipping is label-preserving (all shoes face left in Fashion-MNIST, so a
-flipped shoe is a view the test split never shows; it is still the same class). Evaluation: the
-whole 28 px image (no center crop).
+the same class, so flipping is label-preserving. The shoes do face one way (99.7 % of the
+sneakers and every ankle boot of train are closer to their class's mean image than to its
+mirror; garments 66-79 %), so a flipped shoe is a view the test split never shows, but still of
+its class, and no class differs from another by orientation. Evaluation: the whole 28 px image
+(no center crop).
 
 Encoders (equal footing). Every ViT row: 4 px patches (7x7 = 49 tokens), 128 wide, 4 blocks, 4
 heads, MLP 4x (0.80 M parameters). Every hierarchical row: the "mnist28" size of
@@ -40,23 +42,79 @@ maps refreshed every 10 %), SimMIM (4 px cells, mask 0.6: 29 of 49), SimMIM + AM
 t 0.26 after 20 %, refresh every 20 %), MI-MAE (4 partition views, InfoNCE + CLUB), MI-MAE + AMT
 (each view an AMT draw at MAE's r 0.45 / t 0.40 after 10 %: `model.masking=amt`), MixMIM on the
 hierarchical encoder and on the ViT (our plain-ViT variant; mask 0.5 of the 7x7 cells: 24 from the
-partner), MLO-MAE with the official finite-difference hypergradient (masking-network lr scaled
-for 49 patches: see below). Baselines: each encoder at random init (linear probe, kNN), and the
+partner), MLO-MAE with the official finite-difference hypergradient (masking-network lr
+1e-5 x 16 / 49, scaled for 49 patches: see ``_pretrain``; not measured). Baselines: each encoder at random init (linear probe, kNN), and the
 ViT trained from scratch with the fine-tune recipe and budget (finetune, finetune10).
 
-Protocols. pretrain: the row's method, with a fast probe (1000 / 2000 drawn images) as a curve.
-linear_probe: MAE's protocol as configs/linear_probe_digits.py (LARS blr 6.4, BatchNorm + linear
-on the frozen encoder), average-pooled tokens for every row (the hierarchical encoder has no
-[CLS]). knn: k 20, cosine, T 0.07, average-pooled, all 60,000 training / 10,000 test features.
-finetune: configs/finetune_digits.py's recipe (layer decay 0.75, drop path 0.1, mixup / cutmix,
-RandAugment, random erasing; blr 1e-3) on all 60,000 labelled images. finetune10: the same recipe
-on a seeded (seed 0, every row and seed alike), class-stratified draw of 10 % of train (600 per
-class): the split ``train10pct`` of the folder, which recipes.league_labelled_split writes once
-(links to the drawn files; `python -c "from mim_jax import recipes;
-recipes.league_labelled_split('runs/fashion_mnist')"`), because a config cannot yet name a draw
-of the training split (``train[:10%]`` would be a prefix: the folder lists class 0 first).
+Protocols. pretrain: the row's method, with a fast probe (draws of 1000 / 2000 images, every
+quarter of the steps) for a curve. linear_probe: MAE's protocol as configs/linear_probe_digits.py
+(LARS, blr 6.4, BatchNorm + linear on the frozen encoder), average-pooled tokens in every row (the
+hierarchical encoder has no [CLS]). knn: k 20, cosine, T 0.07, average-pooled features of all
+60,000 training / 10,000 test images. finetune: configs/finetune_digits.py's recipe (layer decay
+0.75, drop path 0.1, blr 1e-3, mixup / cutmix, RandAugment, random erasing) on all 60,000
+labelled images. finetune10: the same recipe and steps on 10 % of the labels: ``train_fraction
+= 0.1``, a class-stratified draw of train (600 images per class, subsets.Subset with seed 0: the
+same images in every row and seed; ``train[:10%]`` would be the first 6,000 files of a folder
+listed class by class: class 0 alone). Evaluation cells of a
+pre-training row describe that row's encoder (SimMIM's ViT options: no absolute position table,
+a shared relative bias, layer scale, q/v biases; fine-tuning gives each block a copy of the
+shared bias, as SimMIM fine-tunes). Top-1 / top-5 on all 10,000 test images at the end.
 
-Budget: BUDGET_TBD
+Budget. Measured 2026-12-03 on this 2-core VM (no GPU) while other jobs ran beside (the load
+average, this run included, is given), folder:/tmp/fashion_mnist converted from the Debian IDX
+files, 60 steps per row, images/s of the progress lines after compilation (steps 1-20, 21-40,
+41-60; budget units: MI-MAE views = 4 x images, MLO-MAE the MAE's images):
+  python -m mim_jax.main --config configs/league_fashion_mnist.py:row=ROW,protocol=PROTOCOL \
+      --workdir /tmp/lg_ROW --config.dataset=folder:/tmp/fashion_mnist \
+      --config.total_steps=60 --config.log_every=20 [--config.probe.enabled=False]
+      [AMT rows: --config.amt.start_epoch=0.0533 --config.amt.interval_epochs=100.0]
+  pre-training (load 1.9-3.3)             img/s                     planning rate
+    MAE                                   356 / 313 / 334           330
+    MAE + AMT      random, then AMT       254 | 386 (AMT)           330, 386
+    SimMIM                                143 / 144 / 152           146
+    SimMIM + AMT   cells, then AMT        157 | 193 (AMT)           157, 193
+    MI-MAE (views)                        276 / 286 / 292           285
+    MI-MAE + AMT   (views)                366 | 630 (AMT)           285, 630
+    MixMIM, hierarchical                  82 / 78 / 75              77
+    MixMIM, plain ViT                     108 / 107 / 105           107
+    MLO-MAE (the MAE's images)            91 / 76 / 78              78
+    AMT's attention refresh: 537-560 img/s, 107-110 s per pass over the 60,000 images
+  evaluation                              img/s                     planning rate
+    linear probe, ViT (load 2.9)          481 / 556 / 473           500
+    linear probe, hierarchical (2.6)      253 / 262 / 277           265
+    kNN, ViT: 70,000 features (2.9-5.6)   193 s                     160 s in all
+    kNN, hierarchical (5.3)               373 s                     270 s
+    fine-tune, ViT (5.0-5.4)              93 / 92 / 91, 96 / 103    160
+    fine-tune, hierarchical (5.9-8)       54 / 53 / 56, 55 / 50     90
+    a cell's start, compilation and final evaluation: 40-65 s
+  The load doubles a run's time: MAE re-measured at load ~5 ran 167 / 211 / 192 img/s (1.7x
+  slower), MixMIM at ~6 44 img/s, the linear probe at ~6-7 243-253; the evaluations' planning
+  rates are their heavy-load figures divided by 1.7.
+
+  The arithmetic at those rates (seconds; each pre-training run + 90 s for start, compilation
+  and 4 probes). Pre-training, 96,000 images each: MAE 3 x (291 + 90) = 1143; MAE + AMT 29 +
+  224 + 9 refreshes x 110 + 90 = 1333; SimMIM 658 + 90 = 748; SimMIM + AMT 122 + 398 + 4 x 110
+  + 90 = 1050; MI-MAE 337 + 90 = 427; MI-MAE + AMT 34 + 137 + 990 + 90 = 1251; MixMIM 1247 + 90
+  = 1337; MixMIM (ViT) 897 + 90 = 987; MLO-MAE 1231 + 90 = 1321: 9,597 s. Linear probe, 1 epoch
+  (60,000): 11 ViT cells x (120 + 50) + 2 hierarchical x (226 + 65) = 2,453 s. kNN: 11 x 160 +
+  2 x 270 = 2,300 s. Fine-tune, 250 steps of 120: 13 ViT cells (10 pre-trained + 3 from scratch)
+  x (188 + 65) + 1 hierarchical x (333 + 90) = 3,706 s; finetune10 the same: 3,706 s. In all
+  21,762 s = 6.0 hours for the 65 cells (11 pre-training runs, 54 evaluations); under the heavy
+  load of a test suite running beside it, ~1.7x that.
+
+  What it can show: at one small, equal budget (1.6 epochs, 600 steps of 160), which methods
+  give a better encoder than random init (kNN at random init: ViT 0.69, hierarchical 0.74 top-1)
+  for a linear read-out and for fine-tuning with all or 10 % of the labels at a small
+  fine-tune budget (half an epoch), against supervised training from scratch at that budget;
+  each method's speed; MAE's and from-scratch's spread over 3 seeds, the noise that the
+  single-seed rows are read against. What it cannot show: the papers' claims, made at hundreds of
+  epochs of ImageNet on ViT-B (MAE 1600, AMT 400, MI-MAE 400, MixMIM 600): at 1.6 epochs a ranking
+  is one of early-training efficiency, not of converged quality; differences within ~2 seed
+  standard deviations; AMT's saving (fewer tokens: 386 vs 330 img/s) at this size, since its 9
+  refresh passes (990 s) take 4x its own training time; a full linear probe (1 epoch instead of
+  90 understates what is linearly readable); MLO-MAE's masking network after more than 300
+  rounds. The pre-training budget is in images seen, so slow methods (MixMIM, MLO-MAE) get more
+  wall-clock: the table's wall-clock and images/s columns show that cost.
 """
 
 from mim_jax import recipes
@@ -67,16 +125,16 @@ PROTOCOLS = ("pretrain", "linear_probe", "knn", "finetune", "finetune10")
 EVALUATIONS = PROTOCOLS[1:]
 
 # ----------------------------------------------------------------------------- budgets
-PRETRAIN_BATCH = 160          # images (MI-MAE: views) per step; 60,000 = 375 steps of 160
-PRETRAIN_EPOCHS = 20          # of 60,000 images seen: the budget in images is this x 60,000
-PRETRAIN_IMAGES = PRETRAIN_EPOCHS * recipes.LEAGUE_TRAIN_IMAGES
+# (the docstring has the measurements and the arithmetic)
+PRETRAIN_BATCH = 160          # images (MI-MAE: views) per MAE update; 60,000 = 375 x 160
+PRETRAIN_IMAGES = 96_000      # seen by every pre-training row: 1.6 epochs, 600 steps of 160
 PRETRAIN_WARMUP = 0.1         # share of the steps
-LINEAR_PROBE_BATCH = 240      # 60,000 = 250 steps of 240
-LINEAR_PROBE_STEPS = 2500     # 10 epochs
+LINEAR_PROBE_BATCH = 240      # 60,000 = 250 x 240
+LINEAR_PROBE_STEPS = 250      # 1 epoch
 LINEAR_PROBE_WARMUP = 0.1
-FINETUNE_BATCH = 120          # 60,000 = 500 steps; 6,000 = 50 steps
-FINETUNE_STEPS = 2500         # 5 epochs of all 60,000 labelled images
-FINETUNE10_STEPS = 1000       # 20 epochs of the 6,000
+FINETUNE_BATCH = 120          # 60,000 = 500 x 120; 6,000 = 50 x 120
+FINETUNE_STEPS = 250          # 30,000 images: half an epoch of the 60,000 labelled images
+FINETUNE10_STEPS = 250        # the same steps: 5 epochs of the 6,000
 FINETUNE_WARMUP = 0.1
 EVAL_BATCH = 240              # evaluation, kNN features, AMT's refresh (divides over 8)
 
@@ -84,7 +142,7 @@ EVAL_BATCH = 240              # evaluation, kNN features, AMT's refresh (divides
 def _rows():
   """(name, label, encoder, pretrain config (digits config, its arg) or None, protocols,
   seeds)."""
-  every = ["pretrain"] + list(EVALUATIONS)
+  every = list(EVALUATIONS)
   return (
       ("mae", "MAE", "vit", ("mae_digits", None), every, [0, 1, 2]),
       ("mae_amt", "MAE + AMT", "vit", ("mae_amt_digits", None), every, [0]),
@@ -129,7 +187,9 @@ def claims():
 
 def league():
   """The matrix: one dict per row (name, label, encoder, pretrain, protocols, seeds, claims:
-  the entries of ``claims()`` about the row)."""
+  the entries of ``claims()`` about the row). ``protocols`` are the evaluations; a row with
+  ``pretrain`` also has the cell ``protocol=pretrain``, which its evaluations start from (the
+  runner's convention)."""
   every_claim = claims()
   return [dict(name=name, label=label, encoder=encoder, pretrain=base is not None,
                protocols=list(protocols), seeds=list(seeds),
@@ -147,8 +207,9 @@ def get_config(arg=None):
   arg = parse_arg(arg, row="mae", protocol="pretrain", runlocal=False)
   name, _, encoder, base, protocols, _ = _row(arg.row)
   choose("protocol", arg.protocol, PROTOCOLS)
-  if arg.protocol not in protocols:
-    raise ValueError(f"row {name!r} has no protocol {arg.protocol!r}; it has {protocols}")
+  has = (["pretrain"] if base else []) + protocols
+  if arg.protocol not in has:
+    raise ValueError(f"row {name!r} has no protocol {arg.protocol!r}; it has {has}")
   if arg.protocol == "pretrain":
     c = _pretrain(name, base)
   else:
@@ -181,6 +242,7 @@ def _pretrain(name, base):
     c.mlo.masker_lr = 1e-5 * 16 / 49
   recipes.league_pretraining(c, PRETRAIN_IMAGES, PRETRAIN_WARMUP,
                              probe_every=PRETRAIN_IMAGES // recipes.league_images_per_step(c) // 4)
+  c.checkpoint.every_steps = c.probe.every_steps   # an interrupted row loses a quarter at most
   return c
 
 
@@ -216,7 +278,6 @@ def _evaluation(protocol, encoder, pretrained=None):
     _steps(c, LINEAR_PROBE_STEPS, LINEAR_PROBE_WARMUP, recipes.LEAGUE_TRAIN_IMAGES)
     return c
   # fine-tuning, as configs/finetune_digits.py (crop 0.35-1 and flip from league_data)
-  c.data.crop_scale = (0.35, 1.0)
   c.model.drop_path = 0.1
   c.optimizer.layer_decay = 0.75
   c.optimizer.blr = 1e-3

@@ -58,16 +58,21 @@ def load_league(config_path: str):
 
 
 def cells(rows, workdir: str, only=None, seeds=None) -> list:
-  """The matrix in running order: per row and seed, pre-training before its evaluations."""
-  out = []
+  """The matrix in running order: every row's first seed, then every row's second seed, and so
+  on (a league stopped early has one seed of everything before more seeds of anything); per row
+  and seed, pre-training before its evaluations."""
   known = {r["name"] for r in rows}
   unknown = sorted(set(only or ()) - known)
   if unknown:
     raise SystemExit(f"--only: unknown rows {unknown}; the league has {sorted(known)}")
-  for row in rows:
-    if only and row["name"] not in only:
-      continue
-    for seed in (seeds if seeds is not None else row["seeds"]):
+  chosen = [(row, list(seeds if seeds is not None else row["seeds"])) for row in rows
+            if not only or row["name"] in only]
+  out = []
+  for i in range(max((len(s) for _, s in chosen), default=0)):
+    for row, row_seeds in chosen:
+      if i >= len(row_seeds):
+        continue
+      seed = row_seeds[i]
       base = os.path.join(workdir, row["name"], f"s{seed}")
       pretrain = os.path.join(base, "pretrain") if row["pretrain"] else ""
       if pretrain:

@@ -370,9 +370,9 @@ def league_evaluation(c, batch_size: int = 240):
   return c
 
 
-def league_runlocal(c, images_per_step: int = 16):
-  """``runlocal`` of a league cell: 4 steps of ``images_per_step`` training images (MI-MAE: 4
-  images x 4 views; MLO-MAE: 2 rounds of 2 x 8), evaluations on class-stratified draws of 64,
+def league_runlocal(c, images_per_step: int = 32):
+  """``runlocal`` of a league cell: 4 steps of ``images_per_step`` training images (MI-MAE: 8
+  images x 4 views; MLO-MAE: rounds of 2 x 16), evaluations on class-stratified draws of 64,
   a checkpoint at the end. AMT (whose refresh reads the whole training split) starts at step 1
   and refreshes every 2 steps over ``train[:256]``, as ``amt_runlocal`` does."""
   per_step = league_images_per_step(c) // c.batch_size
@@ -384,7 +384,7 @@ def league_runlocal(c, images_per_step: int = 16):
   c.checkpoint.every_steps = 4
   if c.model.get("masking") == "amt":
     c.train_split = "train[:256]"
-    spe = 256 // c.batch_size
+    spe = league_epoch_steps(c, 256)
     c.amt.start_epoch, c.amt.interval_epochs = 1 / spe, 2 / spe
     c.amt.batch_size = 16
   if c.method == "mi_mae":

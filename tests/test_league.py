@@ -144,3 +144,21 @@ def test_claim_verdicts_use_the_seed_noise():
       "reversed")
   assert league_report.verdict(table, dict(row="a", than="z", protocol="p"))["verdict"] == (
       "not measured")
+
+
+def test_cells_run_one_seed_of_every_row_before_more_seeds(tmp_path):
+  rows = [dict(name="mae", pretrain=True, protocols=["knn", "finetune"], seeds=[0, 1, 2]),
+          dict(name="random_vit", pretrain=False, protocols=["knn"], seeds=[0]),
+          dict(name="supervised", pretrain=False, protocols=["finetune"], seeds=[0, 1])]
+  order = [(c.row, c.seed, c.protocol, c.init_from) for c in league.cells(rows, "W")]
+  pre = lambda s: os.path.join("W", "mae", f"s{s}", "pretrain")
+  assert order == [
+      ("mae", 0, "pretrain", ""), ("mae", 0, "knn", pre(0)), ("mae", 0, "finetune", pre(0)),
+      ("random_vit", 0, "knn", ""), ("supervised", 0, "finetune", ""),
+      ("mae", 1, "pretrain", ""), ("mae", 1, "knn", pre(1)), ("mae", 1, "finetune", pre(1)),
+      ("supervised", 1, "finetune", ""),
+      ("mae", 2, "pretrain", ""), ("mae", 2, "knn", pre(2)), ("mae", 2, "finetune", pre(2))]
+  only = league.cells(rows, "W", only=["supervised"], seeds=[5])
+  assert [(c.row, c.seed) for c in only] == [("supervised", 5)]
+  with pytest.raises(SystemExit, match="unknown rows"):
+    league.cells(rows, "W", only=["nope"])

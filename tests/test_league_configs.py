@@ -40,7 +40,10 @@ def load(row, protocol, runlocal=False):
 
 
 def cells(runlocal=False):
-  return [(r, p, load(r["name"], p, runlocal)) for r in module().league() for p in r["protocols"]]
+  """(row, protocol, config) of every cell: a pre-training row's pretrain cell, then its
+  evaluations."""
+  return [(r, p, load(r["name"], p, runlocal)) for r in module().league()
+          for p in (["pretrain"] if r["pretrain"] else []) + r["protocols"]]
 
 
 def images_per_step(c):
@@ -73,9 +76,10 @@ def test_matrix():
   for r in rows:
     assert set(r) >= {"name", "label", "encoder", "pretrain", "protocols", "seeds", "claims"}
     assert r["encoder"] in ("vit", "hierarchical")
-    assert r["pretrain"] == (r["protocols"][0] == "pretrain")
+    assert r["pretrain"] == (r["name"] not in ("random_vit", "random_hierarchical",
+                                               "supervised"))
     if r["pretrain"]:
-      assert r["protocols"] == ["pretrain"] + evals
+      assert r["protocols"] == evals
     assert r["seeds"] == ([0, 1, 2] if r["name"] in ("mae", "supervised") else [0])
   by = {r["name"]: r for r in rows}
   assert by["random_vit"]["protocols"] == by["random_hierarchical"]["protocols"] == [
@@ -102,6 +106,8 @@ def test_every_cell_loads_validates_and_builds_its_method():
     methods.get(c.method)(c, 3, num_classes=10, data_info=info)
   with pytest.raises(config_lib.ConfigError, match="no protocol 'pretrain'"):
     load("supervised", "pretrain")
+  with pytest.raises(config_lib.ConfigError, match="no protocol 'finetune'"):
+    load("random_vit", "finetune")
   with pytest.raises(config_lib.ConfigError, match="row must be one of"):
     load("nope", "knn")
 
@@ -202,10 +208,14 @@ def test_runlocal_is_tiny():
     config_lib.validate(c)
     assert c.total_steps <= 4
     if protocol == "pretrain":
-      assert c.total_steps * images_per_step(c) <= 64
-    assert c.batch_size <= 16
+      assert c.total_steps * images_per_step(c) <= 128
+      assert c.batch_size % 8 == 0    # divides over the tests' 8 devices
+    assert c.batch_size <= 32
     if c.model.get("masking") == "amt":
       assert c.train_split == "train[:256]" and c.amt.batch_size <= 16
+      examples, _ = epoch(c, 256)
+      spe = optim.steps_per_epoch(examples, c.batch_size)
+      assert (round(c.amt.start_epoch * spe), round(c.amt.interval_epochs * spe)) == (1, 2)
     assert c.eval.max_examples <= 64
     assert 0 < c.knn.train_examples <= 64 and 0 < c.knn.test_examples <= 64
     if c.probe.enabled:
