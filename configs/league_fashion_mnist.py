@@ -1,17 +1,20 @@
 """The league on Fashion-MNIST: every method, one encoder per family, equal budgets.
 
+  python -m mim_jax.league --config configs/league_fashion_mnist.py \
+      --dataset folder:runs/fashion_mnist --workdir runs/league_fashion_mnist
   python -m mim_jax.main --config configs/league_fashion_mnist.py:row=mae,protocol=pretrain \
-      --workdir runs/league/mae/pretrain_s0
+      --workdir /tmp/mae_pretrain                       # one cell by hand
   python -m mim_jax.main --config configs/league_fashion_mnist.py:row=mae,protocol=finetune \
-      --workdir runs/league/mae/finetune_s0 --config.init_from=runs/league/mae/pretrain_s0
-  python -m mim_jax.main --config configs/league_fashion_mnist.py:row=mae,protocol=knn,runlocal \
-      --workdir /tmp/league_quick --config.dataset=folder:/tmp/some_folder
+      --workdir /tmp/mae_finetune --config.init_from=/tmp/mae_pretrain
 
 ``get_config("row=ROW,protocol=PROTOCOL[,runlocal]")`` is one cell of the matrix; ``league()``
-is the matrix (rows, their protocols and default seeds) that ``python -m mim_jax.league`` runs:
-each cell is an ordinary trainer run, seed ``--config.seed=S``; an evaluation cell of a
-pre-training row takes ``--config.init_from`` = that row's pre-training workdir of the same seed.
-Random-init and supervised rows have no pre-training (no init_from).
+is the matrix (rows, their evaluations and default seeds) that ``python -m mim_jax.league``
+runs: each cell an ordinary trainer run with ``--config.seed=S``; an evaluation cell of a
+pre-training row takes ``--config.init_from`` = that row's pre-training cell of the same seed.
+Random-init and supervised rows have no pre-training. The rows and cells are built by
+mim_jax/league_cells.py from ``SETUP`` below (the same rows on every dataset). Online, use
+``--dataset tfds:fashion_mnist`` (its ``test`` split is the evaluation role); offline, the
+README's Data section converts Debian's IDX files into the folder.
 
 Data. Fashion-MNIST (28x28 grey, 60,000 train / 10,000 test, 10 classes) as a folder dataset at
 runs/fashion_mnist (train/ and test/, converted from the IDX files; a folder source decodes the
@@ -43,8 +46,8 @@ t 0.26 after 20 %, refresh every 20 %), MI-MAE (4 partition views, InfoNCE + CLU
 (each view an AMT draw at MAE's r 0.45 / t 0.40 after 10 %: `model.masking=amt`), MixMIM on the
 hierarchical encoder and on the ViT (our plain-ViT variant; mask 0.5 of the 7x7 cells: 24 from the
 partner), MLO-MAE with the official finite-difference hypergradient (masking-network lr
-1e-5 x 16 / 49, scaled for 49 patches: see ``_pretrain``; not measured). Baselines: each encoder at random init (linear probe, kNN), and the
-ViT trained from scratch with the fine-tune recipe and budget (finetune, finetune10).
+1e-5 x 16 / 49, scaled for 49 patches: see ``_adjust_pretraining``; not measured). Baselines:
+each encoder at random init (linear probe, kNN), and the ViT trained from scratch with the fine-tune recipe and budget (finetune, finetune10).
 
 Protocols. pretrain: the row's method, with a fast probe (draws of 1000 / 2000 images, every
 quarter of the steps) for a curve. linear_probe: MAE's protocol as configs/linear_probe_digits.py
@@ -117,186 +120,50 @@ files, 60 steps per row, images/s of the progress lines after compilation (steps
   wall-clock: the table's wall-clock and images/s columns show that cost.
 """
 
-from mim_jax import recipes
-from mim_jax.config import base_config, choose, parse_arg
-from mim_jax.models import encoders
+from mim_jax import league_cells
 
-PROTOCOLS = ("pretrain", "linear_probe", "knn", "finetune", "finetune10")
-EVALUATIONS = PROTOCOLS[1:]
-
-# ----------------------------------------------------------------------------- budgets
-# (the docstring has the measurements and the arithmetic)
-PRETRAIN_BATCH = 160          # images (MI-MAE: views) per MAE update; 60,000 = 375 x 160
-PRETRAIN_IMAGES = 96_000      # seen by every pre-training row: 1.6 epochs, 600 steps of 160
-PRETRAIN_WARMUP = 0.1         # share of the steps
-LINEAR_PROBE_BATCH = 240      # 60,000 = 250 x 240
-LINEAR_PROBE_STEPS = 250      # 1 epoch
-LINEAR_PROBE_WARMUP = 0.1
-FINETUNE_BATCH = 120          # 60,000 = 500 x 120; 6,000 = 50 x 120
-FINETUNE_STEPS = 250          # 30,000 images: half an epoch of the 60,000 labelled images
-FINETUNE10_STEPS = 250        # the same steps: 5 epochs of the 6,000
-FINETUNE_WARMUP = 0.1
-EVAL_BATCH = 240              # evaluation, kNN features, AMT's refresh (divides over 8)
+PROTOCOLS = league_cells.PROTOCOLS
 
 
-def _rows():
-  """(name, label, encoder, pretrain config (digits config, its arg) or None, protocols,
-  seeds)."""
-  every = list(EVALUATIONS)
-  return (
-      ("mae", "MAE", "vit", ("mae_digits", None), every, [0, 1, 2]),
-      ("mae_amt", "MAE + AMT", "vit", ("mae_amt_digits", None), every, [0]),
-      ("simmim", "SimMIM", "vit", ("simmim_digits", None), every, [0]),
-      ("simmim_amt", "SimMIM + AMT", "vit", ("simmim_amt_digits", None), every, [0]),
-      ("mi_mae", "MI-MAE", "vit", ("mi_mae_digits", None), every, [0]),
-      ("mi_mae_amt", "MI-MAE + AMT", "vit", ("mi_mae_digits", None), every, [0]),
-      ("mixmim", "MixMIM (hierarchical)", "hierarchical", ("mixmim_digits", None), every, [0]),
-      ("mixmim_vit", "MixMIM (plain ViT, ours)", "vit", ("mixmim_digits", "encoder=vit"), every,
-       [0]),
-      ("mlo_mae", "MLO-MAE (finite differences)", "vit", ("mlo_mae_digits", None), every, [0]),
-      ("random_vit", "ViT, random init", "vit", None, ["linear_probe", "knn"], [0]),
-      ("random_hierarchical", "hierarchical, random init", "hierarchical", None,
-       ["linear_probe", "knn"], [0]),
-      ("supervised", "ViT from scratch (supervised)", "vit", None, ["finetune", "finetune10"],
-       [0, 1, 2]),
-  )
-
-
-def claims():
-  """What the papers report, as "row beats than on protocol" (mim_jax.league_report tests
-  each on the difference of the means against the seed noise)."""
-  def claim(row, than, protocol, text):
-    return dict(row=row, than=than, protocol=protocol, text=text)
-  return [
-      claim("mae_amt", "mae", "linear_probe",
-            "MAE + AMT beats MAE on linear probing (amt.md: +2.9 to +5.9 points, 5 datasets)"),
-      claim("mae_amt", "mae", "finetune", "MAE + AMT beats MAE on fine-tuning (amt.md)"),
-      claim("simmim_amt", "simmim", "finetune",
-            "SimMIM + AMT beats SimMIM on fine-tuning (amt.md)"),
-      claim("mi_mae", "mae", "finetune", "MI-MAE beats MAE on fine-tuning (mi_mae.md)"),
-      claim("mi_mae", "mae", "linear_probe", "MI-MAE beats MAE on linear probing (mi_mae.md)"),
-      claim("mi_mae", "mae", "finetune10",
-            "MI-MAE beats MAE on fine-tuning with few labels (mi_mae.md: 1 % in the paper)"),
-      claim("mlo_mae", "mae", "finetune",
-            "MLO-MAE beats MAE on fine-tuning (mlo_mae.md: CIFAR-10 96.2 vs 93.7)"),
-      claim("mae", "supervised", "finetune",
-            "MAE pre-training beats training the same ViT from scratch (mlo_mae.md: CIFAR-10 "
-            "93.7 vs 82.3)"),
-  ]
-
-
-def league():
-  """The matrix: one dict per row (name, label, encoder, pretrain, protocols, seeds, claims:
-  the entries of ``claims()`` about the row). ``protocols`` are the evaluations; a row with
-  ``pretrain`` also has the cell ``protocol=pretrain``, which its evaluations start from (the
-  runner's convention)."""
-  every_claim = claims()
-  return [dict(name=name, label=label, encoder=encoder, pretrain=base is not None,
-               protocols=list(protocols), seeds=list(seeds),
-               claims=[c for c in every_claim if c["row"] == name])
-          for name, label, encoder, base, protocols, seeds in _rows()]
-
-
-def _row(name):
-  rows = {r[0]: r for r in _rows()}
-  choose("row", name, tuple(rows))
-  return rows[name]
-
-
-def get_config(arg=None):
-  arg = parse_arg(arg, row="mae", protocol="pretrain", runlocal=False)
-  name, _, encoder, base, protocols, _ = _row(arg.row)
-  choose("protocol", arg.protocol, PROTOCOLS)
-  has = (["pretrain"] if base else []) + protocols
-  if arg.protocol not in has:
-    raise ValueError(f"row {name!r} has no protocol {arg.protocol!r}; it has {has}")
-  if arg.protocol == "pretrain":
-    c = _pretrain(name, base)
-  else:
-    c = _evaluation(arg.protocol, encoder, _pretrain(name, base).model if base else None)
-  if arg.runlocal:
-    recipes.league_runlocal(c)
-  return c
-
-
-def _pretrain(name, base):
-  """The digits config of the row's method with the league's data, encoder and budget."""
-  digits_name, digits_arg = base
-  c = recipes.sibling_config(digits_name, digits_arg)
-  recipes.league_data(c)
-  recipes.league_encoder(c.model, c.model.encoder)
-  if name == "mi_mae_amt":   # MAE + AMT's ratios and shares, per view
-    recipes.amt(c, mask_ratio=0.45, throw_ratio=0.40, start_epoch=0.1 * c.total_epochs,
-                interval_epochs=0.1 * c.total_epochs)
-  if c.model.get("masking") == "amt":
-    c.amt.batch_size = EVAL_BATCH
-  # MAE updates of PRETRAIN_BATCH images (MI-MAE: PRETRAIN_BATCH views of a quarter as many
-  # images, at MAE's absolute lr as on digits; MLO-MAE: rounds of 2 such updates).
-  c.batch_size = PRETRAIN_BATCH
-  if c.method == "mi_mae":
-    c.batch_size = PRETRAIN_BATCH // c.mi_mae.num_masks
+def _adjust_pretraining(c, row):
   if c.method == "mlo_mae":
     # mlo_mae_digits' masking-network lr (1e-5) keeps the mask alive with a first layer of 16
     # patches x 128 inputs; AdamW moves each weight by ~lr per update, so a pre-activation moves
     # by up to ~lr x inputs: 49 patches get the lr that moves it as much (not measured here).
     c.mlo.masker_lr = 1e-5 * 16 / 49
-  recipes.league_pretraining(c, PRETRAIN_IMAGES, PRETRAIN_WARMUP,
-                             probe_every=PRETRAIN_IMAGES // recipes.league_images_per_step(c) // 4)
-  c.checkpoint.every_steps = c.probe.every_steps   # an interrupted row loses a quarter at most
-  return c
 
 
-def _evaluation(protocol, encoder, pretrained=None):
-  """An evaluation cell; ``pretrained``: the ``config.model`` of the row's pre-training, whose
-  encoder (size and block options: SimMIM's differ) the evaluation restores."""
-  method = {"finetune10": "finetune"}.get(protocol, protocol)
-  c = base_config(method)
-  if method == "finetune":
-    recipes.finetune_protocol(c)
-  elif method == "linear_probe":
-    recipes.linear_probe_protocol(c)
-  recipes.league_data(c)
-  recipes.league_encoder(c.model, encoder)
-  if pretrained is not None:
-    for key in encoders.encoder_config():
-      c.model[key] = pretrained[key]
-    if method == "finetune" and c.model.rel_pos == "shared":
-      c.model.rel_pos = "per_block"   # SimMIM's fine-tuning: each block's copy of the shared one
-  recipes.league_evaluation(c, EVAL_BATCH)
-  if method == "knn":
-    c.eval_only = True
-    c.batch_size = EVAL_BATCH
-    c.knn.enabled = True
-    c.knn.pool = "avg"
-    c.knn.k = 20
-    c.knn.temperature = 0.07
-    return c
-  if method == "linear_probe":   # as configs/linear_probe_digits.py
-    c.model.pool = "avg"
-    c.optimizer.blr = 6.4
-    c.batch_size = LINEAR_PROBE_BATCH
-    _steps(c, LINEAR_PROBE_STEPS, LINEAR_PROBE_WARMUP, recipes.LEAGUE_TRAIN_IMAGES)
-    return c
-  # fine-tuning, as configs/finetune_digits.py (crop 0.35-1 and flip from league_data)
-  c.model.drop_path = 0.1
-  c.optimizer.layer_decay = 0.75
-  c.optimizer.blr = 1e-3
-  c.batch_size = FINETUNE_BATCH
-  if protocol == "finetune10":   # a class-stratified draw of 10 % of train (seed 0)
-    c.train_fraction = 0.1
-    _steps(c, FINETUNE10_STEPS, FINETUNE_WARMUP, recipes.LEAGUE_TRAIN_IMAGES // 10)
-  else:
-    _steps(c, FINETUNE_STEPS, FINETUNE_WARMUP, recipes.LEAGUE_TRAIN_IMAGES)
-  return c
+# The docstring has the measurements and the arithmetic behind the budgets.
+SETUP = league_cells.Setup(
+    dataset="folder:runs/fashion_mnist",
+    train_images=60_000,          # the evaluation split: the 10,000 test images
+    image_size=28,
+    mean=(0.2860,),               # one value: the folder source decodes grey PNGs to 3 channels
+    std=(0.3530,),
+    crop_scale=(0.35, 1.0),
+    flip=True,
+    vit_variant="tiny_test/4",    # 4 px patches: 7x7 = 49 tokens
+    vit_size=(128, 4, 4),         # width, depth, heads: 0.80 M parameters
+    hierarchical="mnist28",       # last grid 7x7, as the ViT's
+    pretrain_batch=160,           # images (MI-MAE: views) per MAE update; 60,000 = 375 x 160
+    pretrain_images=96_000,       # every pre-training row: 1.6 epochs, 600 steps of 160
+    linear_probe_batch=240,       # 60,000 = 250 x 240
+    linear_probe_steps=250,       # 1 epoch
+    finetune_batch=120,           # 60,000 = 500 x 120; 6,000 = 50 x 120
+    finetune_steps=250,           # 30,000 images: half an epoch of the 60,000 labelled images
+    finetune10_steps=250,         # the same steps: 5 epochs of the 6,000
+    eval_batch=240,               # evaluation, kNN features, AMT's refresh (divides over 8)
+    adjust_pretraining=_adjust_pretraining,
+)
 
 
-def _steps(c, steps, warmup_share, train_images):
-  """``steps`` steps of ``batch_size``, ``warmup_share`` of them warmup (in epochs of
-  ``train_images``), evaluated at the end only."""
-  spe = train_images // c.batch_size
-  c.total_steps = steps
-  c.total_epochs = steps / spe
-  c.warmup_epochs = warmup_share * steps / spe
-  c.log_every = 50
-  c.checkpoint.every_steps = 1000
-  c.eval.every_steps = steps
+def league():
+  return league_cells.league(SETUP)
+
+
+def claims():
+  return league_cells.claims()
+
+
+def get_config(arg=None):
+  return league_cells.get_config(SETUP, arg)
