@@ -15,7 +15,10 @@ mim_jax.main`` in a subprocess (its output in ``league.log`` there); an evaluati
 pre-training row starts from that row's ``pretrain`` cell (``init_from``). A cell is done when
 its ``league_cell.json`` says so; running the league again skips done cells, resumes
 interrupted ones from their checkpoints (the trainer does that), and runs failed ones again.
-A failed cell is in the table as failed, with its exit status.
+A failed cell is in the table as failed, with its exit status. A cell is done only when its
+trainer exited 0 *and* wrote "done" in its ``run_status.json`` (a trainer stopped by SIGTERM
+also exits 0, with "preempted" there). SIGTERM to the league is passed on to the running cell,
+which saves a checkpoint; the league then stops, and running it again resumes that cell.
 """
 
 import argparse
@@ -23,10 +26,12 @@ import dataclasses
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 
+from mim_jax import workdir as workdir_lib
 from mim_jax.metrics import format_duration
 
 CELL_FILE = "league_cell.json"
@@ -108,22 +113,49 @@ def command(cell: Cell, config_path: str, dataset: str, arg: str = "") -> list:
   return cmd
 
 
+_stop = {"requested": False, "child": None}
+
+
+def _on_sigterm(signum, frame):
+  """SIGTERM to the league: pass it on to the running cell (it checkpoints and exits 0), then
+  stop after that cell."""
+  del signum, frame
+  _stop["requested"] = True
+  child = _stop["child"]
+  if child is not None and child.poll() is None:
+    child.send_signal(signal.SIGTERM)
+
+
 def run_cell(cell: Cell, cmd: list) -> dict:
   """Runs (or resumes) one cell; returns its record, also written to its workdir. The wall-clock
-  sums every attempt, interrupted ones included as far as they were timed."""
+  sums every attempt, interrupted ones included as far as they were timed. Status: "done"
+  (exit 0 and the trainer's run_status.json says done), "interrupted" (exit 0 without that:
+  stopped by SIGTERM) or "failed"."""
   os.makedirs(cell.workdir, exist_ok=True)
   previous = read_cell(cell.workdir)
+  status_path = os.path.join(cell.workdir, workdir_lib.RUN_STATUS_NAME)
+  if os.path.exists(status_path):
+    os.remove(status_path)   # this attempt's own word only
   t0 = time.time()
   with open(os.path.join(cell.workdir, "league.log"), "a") as log:
     log.write(f"\n$ {' '.join(cmd)}\n")
     log.flush()
-    rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+    child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    _stop["child"] = child
+    try:
+      rc = child.wait()
+    finally:
+      _stop["child"] = None
   tail = ""
   if rc:
     with open(os.path.join(cell.workdir, "league.log")) as f:
       tail = "".join(f.readlines()[-5:]).strip()
+    status = "failed"
+  else:
+    finished = workdir_lib.read_run_status(cell.workdir).get("status") == "done"
+    status = "done" if finished else "interrupted"
   record = {"row": cell.row, "protocol": cell.protocol, "seed": cell.seed,
-            "status": "done" if rc == 0 else "failed", "exit_status": rc,
+            "status": status, "exit_status": rc,
             "wall_s": previous.get("wall_s", 0.0) + time.time() - t0,
             "attempts": previous.get("attempts", 0) + 1, "command": " ".join(cmd),
             "error": tail}
@@ -137,7 +169,11 @@ def run(args) -> int:
   todo = cells(rows, args.workdir, args.only, args.seeds)
   done_s, done_n, failed = 0.0, 0, 0
   t_start = time.time()
+  signal.signal(signal.SIGTERM, _on_sigterm)
   for i, cell in enumerate(todo, start=1):
+    if _stop["requested"]:
+      print(f"league: stopped by SIGTERM before {cell.name}; run it again to go on", flush=True)
+      break
     record = read_cell(cell.workdir)
     if record.get("status") == "done":
       print(f"[{i}/{len(todo)}] {cell.name}: done already ({format_duration(record['wall_s'])})",
@@ -153,11 +189,11 @@ def run(args) -> int:
           f" so far, ETA of the rest ~{eta})", flush=True)
     record = run_cell(cell, command(cell, args.config, args.dataset, args.arg))
     done_s, done_n = done_s + record["wall_s"], done_n + 1
-    failed += record["status"] != "done"
+    failed += record["status"] == "failed"
     print(f"[{i}/{len(todo)}] {cell.name}: {record['status']} in "
           f"{format_duration(record['wall_s'])}" +
           (f" (exit {record['exit_status']}; see {cell.workdir}/league.log)"
-           if record["status"] != "done" else ""), flush=True)
+           if record["status"] == "failed" else ""), flush=True)
   from mim_jax import league_report
   paths = league_report.write(module, rows, args.workdir, args.results, args.name, args.seeds)
   print(f"league: {len(todo)} cells, {failed} failed this time; table: {paths[0]}", flush=True)

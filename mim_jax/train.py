@@ -137,6 +137,11 @@ def jit_train_step(train_step, mesh, state_sharding=None):
 # ---------------------------------------------------------------------------------------------
 # The run.
 # ---------------------------------------------------------------------------------------------
+def _run_status(workdir: str, status: str, step: int) -> None:
+  if jax.process_index() == 0:
+    workdir_lib.write_run_status(workdir, status, step)
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Pre-trains (or, with ``eval_only``, evaluates) and returns the final metrics.
 
@@ -270,6 +275,7 @@ def _run(config, workdir: str) -> dict:
         log.info("%s at step %d (%.1fs): %s", evaluator.name, start, time.time() - t0,
                  _format(results, evaluator.name))
       writer.write(start, results)
+      _run_status(workdir, "done", start)
       return results
     probe = next((e for e in evals if e.name == "probe"), None)
     if probe and config.probe.random_init and start == 0 and not config.init_from:
@@ -406,10 +412,12 @@ def _run(config, workdir: str) -> dict:
       if preempted:
         ckpt.wait()
         log.warning("preempted: checkpoint of step %d saved; run again to resume", step)
+        _run_status(workdir, "preempted", step)
         return results
     ckpt.wait()  # the last checkpoint is written (or its failure reported) before "done"
 
     log.info("done: %d steps in %s", total_steps, format_duration(time.time() - t_start))
+    _run_status(workdir, "done", total_steps)
     if "probe/accuracy" in results:
       random_init = writer.last_value("probe/random_init_accuracy")
       if random_init is not None:

@@ -33,6 +33,7 @@ log = logging.getLogger("mim_jax")
 LOCK_NAME = "lock"
 CONFIG_NAME = "config.json"
 HISTORY_DIR = "config_history"
+RUN_STATUS_NAME = "run_status.json"
 
 # Config keys (or groups, ending in '.') that a resumed run may change: they decide what is
 # logged, evaluated and saved, and how fast, not what is trained.
@@ -232,3 +233,24 @@ def write_config(config, workdir: str, step: int) -> None:
     shutil.copyfile(os.path.join(workdir, CONFIG_NAME), path)
     log.info("the earlier config of this workdir is kept in %s", path)
   config_lib.save(config, workdir, CONFIG_NAME)
+
+
+def write_run_status(workdir: str, status: str, step: int) -> None:
+  """``WORKDIR/run_status.json`` (atomically; process 0 writes it): how the last attempt ended,
+  "done" (every step run, the final evaluations written) or "preempted" (stopped by SIGTERM at
+  ``step``, a checkpoint saved). Both exit 0; a script that runs workdirs (``mim_jax.league``)
+  tells them apart here."""
+  path = os.path.join(workdir, RUN_STATUS_NAME)
+  with open(path + ".tmp", "w") as f:
+    json.dump({"status": status, "step": int(step),
+               "time": datetime.datetime.now().isoformat(timespec="seconds")}, f)
+  os.replace(path + ".tmp", path)
+
+
+def read_run_status(workdir: str) -> dict:
+  """What ``write_run_status`` last wrote in ``workdir`` ({} when nothing readable)."""
+  try:
+    with open(os.path.join(workdir, RUN_STATUS_NAME)) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return {}

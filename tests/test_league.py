@@ -3,6 +3,8 @@ the table rebuilt from the workdirs alone."""
 
 import json
 import os
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -162,3 +164,54 @@ def test_cells_run_one_seed_of_every_row_before_more_seeds(tmp_path):
   assert [(c.row, c.seed) for c in only] == [("supervised", 5)]
   with pytest.raises(SystemExit, match="unknown rows"):
     league.cells(rows, "W", only=["nope"])
+
+
+# A stand-in for the trainer: says "done" in run_status.json unless SIGTERM comes first; exits
+# 0 either way, as the trainer does.
+FAKE_TRAINER = """
+import json, os, signal, sys, time
+workdir = sys.argv[1]
+open(os.path.join(workdir, "started"), "w").close()
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+for _ in range(int(sys.argv[2]) * 20):
+  if stop:
+    json.dump({"status": "preempted", "step": 1}, open(os.path.join(workdir, "run_status.json"), "w"))
+    sys.exit(0)
+  time.sleep(0.05)
+json.dump({"status": "done", "step": 2}, open(os.path.join(workdir, "run_status.json"), "w"))
+"""
+
+
+def test_a_cell_is_done_only_when_its_trainer_says_so_and_sigterm_stops_the_league(tmp_path):
+  import signal
+  import threading
+  fake = tmp_path / "fake_trainer.py"
+  fake.write_text(FAKE_TRAINER)
+  cell = league.Cell("mae", "knn", 0, str(tmp_path / "cell"))
+  cmd = lambda seconds: [sys.executable, str(fake), cell.workdir, str(seconds)]
+
+  assert league.run_cell(cell, cmd(0))["status"] == "done"
+  # exit 0 without "done" (a stale one from before is removed first): interrupted, not done
+  silent = [sys.executable, "-c", "pass"]
+  record = league.run_cell(cell, silent)
+  assert (record["status"], record["exit_status"], record["attempts"]) == ("interrupted", 0, 2)
+  assert league.run_cell(cell, [sys.executable, "-c", "raise SystemExit(3)"])["status"] == "failed"
+
+  # SIGTERM to the league reaches the running cell, which checkpoints ("preempted") and exits 0
+  old = signal.signal(signal.SIGTERM, league._on_sigterm)
+  try:
+    started = os.path.join(cell.workdir, "started")
+    os.remove(started)
+    def terminate_when_started():
+      while not os.path.exists(started):
+        time.sleep(0.05)
+      os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=terminate_when_started, daemon=True).start()
+    t0 = time.time()
+    record = league.run_cell(cell, cmd(30))
+    assert time.time() - t0 < 20 and league._stop["requested"]
+    assert record["status"] == "interrupted" and record["exit_status"] == 0
+  finally:
+    signal.signal(signal.SIGTERM, old)
+    league._stop["requested"] = False

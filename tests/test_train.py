@@ -14,6 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from mim_jax import checkpoint as ckpt_lib
 from mim_jax import config as config_lib
 from mim_jax import data, main as main_lib, methods, optim, train
+from mim_jax import workdir as workdir_lib
 from mim_jax.errors import WorkdirError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,7 +118,13 @@ def test_interrupted_run_resumes_bit_exact(tmp_path, monkeypatch):
   c = tiny_config()
   straight, interrupted = run_straight_and_interrupted(c, tmp_path, monkeypatch, at_batch=3)
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # handler restored
+  # how each attempt ended, for scripts that run workdirs (both exit 0)
+  assert workdir_lib.read_run_status(straight)["status"] == "done"
+  assert {k: workdir_lib.read_run_status(interrupted)[k] for k in ("status", "step")} == {
+      "status": "preempted", "step": 3}
   train.train_and_evaluate(c, interrupted)                     # resumes at 3, runs to 8
+  assert {k: workdir_lib.read_run_status(interrupted)[k] for k in ("status", "step")} == {
+      "status": "done", "step": 8}
 
   (s1, a), (s2, b) = final_params(straight, c), final_params(interrupted, c)
   assert s1 == s2 == 8
@@ -148,6 +155,7 @@ def test_interrupted_run_resumes_bit_exact(tmp_path, monkeypatch):
   # A pre-training checkpoint evaluated later with init_from + eval_only.
   ev = tiny_config(**{"init_from": straight, "eval_only": True, "probe.enabled": True})
   results = train.train_and_evaluate(ev, str(tmp_path / "eval"))
+  assert workdir_lib.read_run_status(str(tmp_path / "eval"))["status"] == "done"
   assert 0.0 <= results["probe/accuracy"] <= 1.0
   assert read_metrics(str(tmp_path / "eval"))[-1]["probe/accuracy"] == results["probe/accuracy"]
 
