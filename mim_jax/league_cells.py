@@ -52,6 +52,9 @@ class Setup:
   warmup_share: float = 0.1       # of every training run's steps
   fast_probe: tuple = (1000, 2000)  # pre-training's probe: training / evaluation images drawn
   compute_dtype: str = "float32"  # of every cell but MLO-MAE's (its finite differences need fp32)
+  # fine-tuning with MAE's regularizers (mixup, cutmix, RandAugment, random erasing), made for
+  # ~100 epochs; False: crop + flip only (label smoothing, drop path, layer decay kept)
+  finetune_mix_aug: bool = True
   # dataset-specific changes to a pre-training config, after the league's: f(c, row name)
   adjust_pretraining: Optional[Callable] = None
 
@@ -294,6 +297,9 @@ def evaluation(setup: Setup, protocol: str, family: str, pretrained=None):
     _steps(c, setup, setup.linear_probe_steps, setup.train_images)
     return c
   # fine-tuning, as configs/finetune_digits.py (with the setup's crop and flip)
+  if not setup.finetune_mix_aug:
+    c.model.mixup = c.model.cutmix = 0.0
+    c.data.randaugment, c.data.random_erase = "", 0.0
   c.model.drop_path = 0.1
   c.optimizer.layer_decay = 0.75
   c.optimizer.blr = 1e-3

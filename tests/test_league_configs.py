@@ -42,6 +42,7 @@ class League:
   pretrain_images: int
   mae_batch: int               # images per MAE update (MI-MAE: views)
   compute_dtype: str
+  mix_aug: bool                # fine-tuning with mixup, cutmix, RandAugment, random erasing
 
   @property
   def path(self):
@@ -50,10 +51,10 @@ class League:
 
 FASHION_MNIST = League("league_fashion_mnist.py", "", 60_000, "folder:runs/fashion_mnist", 28,
                        (0.2860,), (0.3530,), (0.35, 1.0), ("tiny_test/4", 128, 4, 4), "mnist28",
-                       96_000, 160, "float32")
+                       96_000, 160, "float32", False)
 CIFAR10 = League("league_cifar.py", "", 50_000, "tfds:cifar10", 32, (0.4914, 0.4822, 0.4465),
                  (0.2470, 0.2435, 0.2616), (0.2, 1.0), ("Ti/2", 192, 12, 3), "cifar32",
-                 10_240_000, 512, "bfloat16")
+                 10_240_000, 512, "bfloat16", True)
 CIFAR100 = dataclasses.replace(CIFAR10, arg="data=cifar100", dataset="tfds:cifar100",
                                mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
 LEAGUES = {"fashion_mnist": FASHION_MNIST, "cifar10": CIFAR10, "cifar100": CIFAR100}
@@ -244,6 +245,11 @@ def test_evaluation_protocols_agree_across_rows(lg):
   assert set(by_protocol) == {"linear_probe", "knn", "finetune", "finetune10"}
   ft, ft10 = load("mae", "finetune", lg=lg), load("mae", "finetune10", lg=lg)
   assert ft.batch_size == ft10.batch_size
+  for c in (ft, ft10):
+    regularizers = (c.model.mixup, c.model.cutmix, c.data.randaugment, c.data.random_erase)
+    assert regularizers == ((0.8, 1.0, "rand-m9-mstd0.5-inc1", 0.25) if lg.mix_aug else
+                            (0.0, 0.0, "", 0.0))
+    assert (c.model.label_smoothing, c.model.drop_path, c.optimizer.layer_decay) == (0.1, 0.1, 0.75)
   for c, images in ((ft, lg.train), (ft10, lg.train // 10)):   # warmup: 10 % of the steps
     assert optim.run_length(c, images)[1] == round(0.1 * c.total_steps)
 
