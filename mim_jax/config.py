@@ -76,6 +76,8 @@ def base_config(method: str = "mae") -> ConfigDict:
       data_dir="", crop_scale=(0.2, 1.0), crop_ratio=(0.75, 4.0 / 3.0), flip=True,
       eval_crop_pct=0.875, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
       shuffle_buffer=10_000, num_workers=2, prefetch=2,
+      pipeline="python",          # python (threads) | tf (tf.data, C++ threads; training
+                                  #   with RandAugment / erasing keeps python for now)
       randaugment="",             # e.g. 'rand-m9-mstd0.5-inc1' (fine-tuning); '' = off
       random_erase=0.0))          # probability of erasing a box (fine-tuning: 0.25)
   # --- schedule and optimizer (lr = blr * batch_size / 256) ---

@@ -62,6 +62,7 @@ import numpy as np
 
 from mim_jax.data import sources as sources_lib
 from mim_jax.data import subsets, transforms
+from mim_jax.config import ConfigError
 from mim_jax.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -344,6 +345,44 @@ class _TfdsTrainIterator(BatchIterator):
         return out, box, flipped
 
 
+def _describer(source, base):
+    """id -> how the log names that example (its file, for a folder)."""
+    if isinstance(source, sources_lib.FolderSource):
+        return lambda index: source.file(base, index)
+    return lambda index: f"example {index}"
+
+
+def _pipeline_kind(data_config) -> str:
+    kind = data_config.get("pipeline", "python")
+    if kind not in ("python", "tf"):
+        raise ConfigError(f"data.pipeline must be 'python' or 'tf', got {kind!r}")
+    return kind
+
+
+class _TfTrainIterator(BatchIterator):
+    """Training stream built by tf.data (``tf_pipeline``); fills the slots of unreadable images
+    with the next readable image of the batch."""
+
+    def __init__(self, dataset, describe):
+        super().__init__(0)
+        self._raw = dataset.as_numpy_iterator()
+        self._describe = describe  # id -> what to name in the log
+
+    def __next__(self):
+        batch = next(self._raw)
+        ok = batch.pop("ok")
+        if not ok.all():
+            good = np.flatnonzero(ok)
+            if not len(good):
+                raise RuntimeError(f"no readable image in a batch of {len(ok)}")
+            for j in np.flatnonzero(~ok):
+                self._record_skip(self._describe(int(batch["id"][j])), "unreadable")
+            take = np.array([j if ok[j] else next((k for k in good if k > j), good[0])
+                             for j in range(len(ok))])
+            batch = {k: v[take] for k, v in batch.items()}
+        return batch
+
+
 def train_iterator(data_config, dataset: str, split: str | subsets.Subset, *,
                    global_batch_size: int, image_size: int, seed: int, start_step: int = 0,
                    process_index: int | None = None,
@@ -366,9 +405,24 @@ def train_iterator(data_config, dataset: str, split: str | subsets.Subset, *,
     if not len(ids):
         raise DatasetError(f"dataset {dataset!r}: split {str(split)!r} has no examples for host "
                            f"{process_index} of {process_count} (train on a larger split)")
+    num_workers = int(data_config.get("num_workers", 2))
+    if _pipeline_kind(data_config) == "tf" and not (opts.randaugment or opts.random_erase):
+        from mim_jax.data import tf_pipeline  # pylint: disable=g-import-not-at-top
+
+        common = dict(image_size=image_size, opts=opts, seed=_seed(seed),
+                      start_step=int(start_step), num_workers=num_workers)
+        if isinstance(source, sources_lib.TfdsSource):
+            ds = tf_pipeline.tfds_dataset(
+                source, base, ids, batch=batch, host=process_index,
+                shuffle_buffer=int(data_config.get("shuffle_buffer", 10000)), **common)
+            return _TfTrainIterator(ds, _describer(source, base))
+        _, all_ids = subsets.resolve(split, source)   # every host's: one global order
+        ds = tf_pipeline.indexed_dataset(source, base, all_ids, global_batch=global_batch_size,
+                                         host=process_index, hosts=process_count, **common)
+        return _TfTrainIterator(ds, _describer(source, base))
     kwargs = dict(batch=batch, image_size=image_size, opts=opts, seed=_seed(seed),
                   start_step=int(start_step), process_index=process_index,
-                  num_workers=int(data_config.get("num_workers", 2)))
+                  num_workers=num_workers)
     if isinstance(source, sources_lib.TfdsSource):
         return _TfdsTrainIterator(source, base, ids,
                                   shuffle_buffer=int(data_config.get("shuffle_buffer", 10000)), **kwargs)
@@ -465,6 +519,30 @@ def _pad(images: np.ndarray, batch: int) -> np.ndarray:
     return out
 
 
+class _TfEvalIterator(BatchIterator):
+    """An evaluation pass built by tf.data (``tf_pipeline.eval_dataset``)."""
+
+    def __init__(self, dataset, num_batches: int, describe):
+        super().__init__(0)
+        self._raw = dataset.as_numpy_iterator()
+        self.num_batches = num_batches
+        self._done = 0
+        self._describe = describe  # id -> what to name in the log
+
+    def __len__(self):
+        return self.num_batches
+
+    def __next__(self):
+        if self._done >= self.num_batches:
+            raise StopIteration
+        self._done += 1
+        batch = next(self._raw)
+        tried = batch.pop("tried")
+        for index in tried[batch.pop("bad")]:
+            self._record_skip(self._describe(int(index)), "unreadable")
+        return batch
+
+
 def eval_iterator(data_config, dataset: str, split: str | subsets.Subset, *,
                   global_batch_size: int, image_size: int, process_index: int | None = None,
                   process_count: int | None = None,
@@ -502,6 +580,15 @@ def eval_iterator(data_config, dataset: str, split: str | subsets.Subset, *,
         base, ids = subsets.resolve(split, source)
     largest = -(-len(ids) // process_count)  # host 0 has the most examples
     num_batches = -(-largest // batch)
+    num_workers = int(data_config.get("num_workers", 2))
+    if _pipeline_kind(data_config) == "tf":
+        from mim_jax.data import tf_pipeline  # pylint: disable=g-import-not-at-top
+
+        ds = tf_pipeline.eval_dataset(source, base, _host_ids(ids, process_index, process_count),
+                                      batch=batch, num_batches=num_batches,
+                                      image_size=image_size, opts=opts,
+                                      whole_image=bool(whole_image), num_workers=num_workers)
+        return _TfEvalIterator(ds, num_batches, _describer(source, base))
     return _EvalIterator(source, base, _host_ids(ids, process_index, process_count), batch=batch,
                          image_size=image_size, opts=opts, num_batches=num_batches,
                          num_workers=int(data_config.get("num_workers", 2)),

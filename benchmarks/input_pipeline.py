@@ -1,0 +1,175 @@
+"""Images/s of mim_jax's training iterator against a plain tf.data reference, per core count.
+
+  python -m benchmarks.input_pipeline [--folder PATH | --generate N] [--tfds NAME --data_dir D]
+      [--cores 1,2] [--pipelines python,tf] [--batch_size 64] [--image_size 224]
+      [--batches 20] [--rounds 2]
+
+Workloads: a folder of JPEGs (``--folder``, or ``--generate N`` ImageNet-like ones: 330-500 px,
+smooth colour fields plus noise, quality 90, written once under /tmp) and, with ``--tfds``, a
+prepared TFDS dataset. For each core count k, each measurement runs in its own process pinned
+to k cores (``os.sched_setaffinity``):
+
+* ``reference``: the plain tf.data map the input-pipeline issue measured: read the file,
+  ``sample_distorted_bounding_box`` (area 0.2-1, ratio 3/4-4/3), ``decode_and_crop_jpeg``,
+  bicubic resize, random flip, batch; ``num_parallel_calls`` = k, a private pool of k threads;
+* ``python`` / ``tf``: ``data.train_iterator`` with ``data.pipeline`` set so and
+  ``data.num_workers`` = k (RandomResizedCrop 0.2-1 + flip, normalized float32 batches).
+
+Rounds alternate the pipelines; each reports the median of its rounds' images/s (after one
+untimed batch). Lines: one JSON object per (workload, pipeline, cores), then per workload a
+summary with ``over_reference`` (images/s over the reference's at the same cores) and
+``scaling`` (images/s at k cores over k times images/s at 1 core). Nothing else may run beside
+it (see README.md).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GENERATED = "/tmp/mim_jax_bench_jpegs"
+
+
+def generate_folder(n: int, root: str = GENERATED) -> str:
+  """``n`` ImageNet-like JPEGs in ``root/train/c{0..9}/`` (kept between runs)."""
+  from PIL import Image
+  done = os.path.join(root, f".done_{n}")
+  if os.path.exists(done):
+    return root
+  rng = np.random.default_rng(0)
+  for i in range(n):
+    h, w = (int(v) for v in rng.integers(330, 500, 2))
+    coarse = rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3)).astype(np.uint8)
+    image = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC), np.int16)
+    image = np.clip(image + rng.integers(-12, 12, image.shape), 0, 255).astype(np.uint8)
+    folder = os.path.join(root, "train", f"c{i % 10}")
+    os.makedirs(folder, exist_ok=True)
+    Image.fromarray(image).save(os.path.join(folder, f"{i:06d}.jpg"), quality=90)
+  open(done, "w").close()
+  return root
+
+
+def _reference_batches(files, batch, image_size, cores):
+  import tensorflow as tf
+
+  def load(path):
+    encoded = tf.io.read_file(path)
+    shape = tf.image.extract_jpeg_shape(encoded)
+    begin, size, _ = tf.image.sample_distorted_bounding_box(
+        shape, tf.zeros([0, 0, 4]), area_range=(0.2, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
+        max_attempts=10, use_image_if_no_bounding_boxes=True)
+    window = tf.stack([begin[0], begin[1], size[0], size[1]])
+    image = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+    image = tf.image.resize(image, (image_size, image_size), method="bicubic")
+    return tf.image.random_flip_left_right(image)
+
+  options = tf.data.Options()
+  options.threading.private_threadpool_size = cores
+  ds = tf.data.Dataset.from_tensor_slices(files).repeat().shuffle(1000, seed=0)
+  ds = ds.map(load, num_parallel_calls=cores).batch(batch, drop_remainder=True).prefetch(2)
+  return iter(ds.with_options(options))
+
+
+def _mim_batches(dataset, data_dir, pipeline, batch, image_size, cores):
+  from mim_jax import config as config_lib
+  from mim_jax import data
+  c = config_lib.base_config("mae").data
+  c.pipeline, c.num_workers = pipeline, cores
+  if data_dir:
+    c.data_dir = data_dir
+  return data.train_iterator(c, dataset, "train", global_batch_size=batch, image_size=image_size,
+                             seed=0, process_index=0, process_count=1)
+
+
+def measure(args) -> dict:
+  """One measurement, in this (pinned) process."""
+  cores = int(args.cores)
+  os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
+  if args.pipeline == "reference":
+    from mim_jax.data import sources
+    source = sources.open_source(args.dataset, {"data_dir": None})
+    files = [source.file("train", i) for i in range(source.split_size("train"))]
+    it = _reference_batches(files, args.batch_size, args.image_size, cores)
+  else:
+    it = _mim_batches(args.dataset, args.data_dir, args.pipeline, args.batch_size,
+                      args.image_size, cores)
+  next(it)                                   # start-up and the first batch: untimed
+  t0 = time.perf_counter()
+  for _ in range(args.batches):
+    next(it)
+  seconds = time.perf_counter() - t0
+  return {"images_per_sec": args.batches * args.batch_size / seconds, "seconds": seconds}
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--folder", default="", help="a folder dataset (PATH/train/CLASS/*.jpg)")
+  ap.add_argument("--generate", type=int, default=2000, help="JPEGs to generate without --folder")
+  ap.add_argument("--tfds", default="", help="also a prepared TFDS dataset, e.g. imagenette")
+  ap.add_argument("--data_dir", default="", help="TFDS data_dir")
+  ap.add_argument("--cores", default="", help="core counts, e.g. 1,2 (default: 1 .. all)")
+  ap.add_argument("--pipelines", default="python,tf", help="mim_jax pipelines to time")
+  ap.add_argument("--batch_size", type=int, default=64)
+  ap.add_argument("--image_size", type=int, default=224)
+  ap.add_argument("--batches", type=int, default=20, help="timed batches per measurement")
+  ap.add_argument("--rounds", type=int, default=2)
+  ap.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)   # the worker
+  ap.add_argument("--pipeline", default="", help=argparse.SUPPRESS)
+  ap.add_argument("--dataset", default="", help=argparse.SUPPRESS)
+  args = ap.parse_args(argv)
+  if args.measure:
+    print(json.dumps(measure(args)), flush=True)
+    return 0
+  available = len(os.sched_getaffinity(0))
+  cores = [int(k) for k in args.cores.split(",")] if args.cores else list(range(1, available + 1))
+  workloads = [("folder", f"folder:{args.folder or generate_folder(args.generate)}", "")]
+  if args.tfds:
+    workloads.append((f"tfds:{args.tfds}", f"tfds:{args.tfds}", args.data_dir))
+  pipelines = ["reference"] + [p for p in args.pipelines.split(",") if p]
+  for name, dataset, data_dir in workloads:
+    rates = {}
+    for k in cores:
+      for _ in range(args.rounds):
+        for pipeline in pipelines:
+          if pipeline == "reference" and not dataset.startswith("folder:"):
+            continue   # the reference reads files
+          cmd = [sys.executable, "-m", "benchmarks.input_pipeline", "--measure",
+                 "--pipeline", pipeline, "--dataset", dataset, "--data_dir", data_dir,
+                 "--cores", str(k), "--batch_size", str(args.batch_size),
+                 "--image_size", str(args.image_size), "--batches", str(args.batches)]
+          out = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+          if out.returncode:
+            raise SystemExit(f"{pipeline} at {k} cores failed:\n{out.stderr[-3000:]}")
+          rates.setdefault((pipeline, k), []).append(
+              json.loads(out.stdout.strip().splitlines()[-1])["images_per_sec"])
+    load = os.getloadavg()[0]
+    for (pipeline, k), values in sorted(rates.items()):
+      print(json.dumps({"workload": name, "pipeline": pipeline, "cores": k,
+                        "images_per_sec": round(statistics.median(values), 1),
+                        "rounds": [round(v, 1) for v in values], "batch_size": args.batch_size,
+                        "image_size": args.image_size, "load_after": round(load, 2)}),
+            flush=True)
+    summary = {"workload": name, "summary": True}
+    for pipeline in pipelines[1:]:
+      for k in cores:
+        if (pipeline, k) not in rates:
+          continue
+        rate = statistics.median(rates[(pipeline, k)])
+        if ("reference", k) in rates:
+          summary[f"{pipeline}_over_reference_{k}"] = round(
+              rate / statistics.median(rates[("reference", k)]), 3)
+        if (pipeline, 1) in rates:
+          summary[f"{pipeline}_scaling_{k}"] = round(
+              rate / (k * statistics.median(rates[(pipeline, 1)])), 3)
+    print(json.dumps(summary), flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

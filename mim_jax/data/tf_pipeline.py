@@ -1,0 +1,337 @@
+"""Batches built by tf.data (``data.pipeline = "tf"``): decode, crop, resize, flip and
+normalize run in TensorFlow's C++ threads, outside the Python interpreter lock, so they scale
+with cores. Training (``indexed_dataset``, ``tfds_dataset``) and evaluation (``eval_dataset``). JPEGs are decoded with ``decode_and_crop_jpeg`` (only the crop's blocks); other
+formats are decoded whole, then cropped. The resize is TensorFlow's antialiased bicubic, which
+is PIL's (the Python pipeline's) to ~0.005 of a grey level.
+
+Batches are what ``pipeline.train_iterator`` yields: ``image`` float32 [b, S, S, C], ``label``,
+``id``, ``crop_box`` (y0, x0, y1, x1 as fractions of the source image) and ``flipped``.
+
+Determinism: the stream is a pure function of (seed, step).
+
+* Index-addressable sources (folder, in-memory): global step s holds the stream positions
+  [s B, (s + 1) B) of the global batch B. Position p is example ``ids[perm_e(p mod n)]`` of the
+  split's n ids, e = p div n, where ``perm_e`` is ``tf.random.experimental.index_shuffle``
+  keyed by (seed, e): each epoch visits every example once, without materializing a
+  permutation. Host h of H takes the h-th contiguous b = B / H positions of each global batch,
+  so the global batch is the same on any number of hosts.
+* TFDS (streamed, no random access): as the Python pipeline, each host reads its own part of
+  the split in order and shuffles each epoch with a buffer keyed by (seed, host, epoch); exact
+  on resume, but the order depends on the number of hosts.
+* Each example's draws (crop attempts and position, flip) come from stateless ops keyed by
+  (seed, epoch, example id): the same image in the same epoch is cropped alike wherever it
+  lands.
+
+The crop box is torchvision's RandomResizedCrop (10 attempts of area fraction and log aspect
+ratio, the first that fits, else the centred fallback), the same arithmetic as
+``transforms.random_resized_crop_boxes`` on these draws.
+
+An unreadable image (missing file, corrupted bytes) leaves its slot to the next readable image
+of the same batch (its crop and flip too); it is counted in ``skipped_images`` and logged once.
+RandAugment and random erasing are not done here yet: ``pipeline.train_iterator`` keeps the
+Python pipeline when they are on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from mim_jax.data import sources as sources_lib
+from mim_jax.data import transforms
+
+PERMUTATION_STREAM, AUGMENT_STREAM = 0, 1
+# libjpeg's accurate integer IDCT, as PIL decodes: the pixels of a crop equal PIL's but for the
+# crop's edge columns, where the cropped decode upsamples chroma without the neighbours.
+JPEG_DCT = "INTEGER_ACCURATE"
+
+
+def seed_pair(seed: int):
+    """A stateless-op seed [2] int64 from a config seed (any int up to 2**64)."""
+    seed = int(seed) % 2**64
+    return np.array([seed % 2**31, seed // 2**31 % 2**31], np.int64)
+
+
+def _fold(tf, key, *values):
+    for value in values:
+        key = tf.random.experimental.stateless_fold_in(key, tf.cast(value, tf.int64))
+    return key
+
+
+def crop_window(tf, height, width, key, opts: transforms.AugmentOptions):
+    """(top, left, crop_h, crop_w) int32 and the flip draw (float) of one example.
+
+    Draws [A] area fractions, [A] log aspect ratios, [2] positions and [1] flip, uniform in
+    [0, 1) from ``key``; then RandomResizedCrop as ``transforms.random_resized_crop_boxes``."""
+    attempts = transforms.NUM_CROP_ATTEMPTS
+    u = tf.random.stateless_uniform([2 * attempts + 3], seed=key, dtype=tf.float64)
+    area_u, ratio_u = u[:attempts], u[attempts:2 * attempts]
+    pos_u, flip_u = u[2 * attempts:2 * attempts + 2], u[2 * attempts + 2]
+    h = tf.cast(height, tf.float64)
+    w = tf.cast(width, tf.float64)
+    lo, hi = opts.crop_scale
+    target = h * w * (lo + (hi - lo) * area_u)
+    log_lo, log_hi = math.log(opts.crop_ratio[0]), math.log(opts.crop_ratio[1])
+    aspect = tf.exp(log_lo + (log_hi - log_lo) * ratio_u)
+    cw = tf.round(tf.sqrt(target * aspect))
+    ch = tf.round(tf.sqrt(target / aspect))
+    fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    found = tf.reduce_any(fits)
+    in_ratio = w / h
+    fb_w = tf.where(in_ratio > opts.crop_ratio[1], tf.round(h * opts.crop_ratio[1]), w)
+    fb_h = tf.where(in_ratio < opts.crop_ratio[0], tf.round(w / opts.crop_ratio[0]), h)
+    crop_h = tf.where(found, ch[first], tf.maximum(fb_h, 1.0))
+    crop_w = tf.where(found, cw[first], tf.maximum(fb_w, 1.0))
+    top = tf.where(found, tf.floor(pos_u[0] * (h - crop_h + 1)), tf.floor((h - crop_h) / 2))
+    left = tf.where(found, tf.floor(pos_u[1] * (w - crop_w + 1)), tf.floor((w - crop_w) / 2))
+    window = [tf.cast(v, tf.int32) for v in (top, left, crop_h, crop_w)]
+    return window, flip_u
+
+
+def augment_encoded(tf, data, key, image_size: int, channels: int,
+                    opts: transforms.AugmentOptions):
+    """Decodes ``data`` (encoded bytes) with the crop drawn from ``key``; see ``_finish``."""
+
+    def jpeg():
+        shape = tf.image.extract_jpeg_shape(data)
+        window, flip_u = crop_window(tf, shape[0], shape[1], key, opts)
+        image = tf.image.decode_and_crop_jpeg(data, tf.stack(window), channels=channels,
+                                              dct_method=JPEG_DCT)
+        return image, tf.stack(window), shape[:2], flip_u
+
+    def other():
+        image = tf.io.decode_image(data, channels=channels, expand_animations=False)
+        shape = tf.shape(image)
+        window, flip_u = crop_window(tf, shape[0], shape[1], key, opts)
+        top, left, crop_h, crop_w = window
+        return (image[top:top + crop_h, left:left + crop_w], tf.stack(window), shape[:2],
+                flip_u)
+
+    image, window, shape, flip_u = tf.cond(tf.io.is_jpeg(data), jpeg, other)
+    return _finish(tf, image, window, shape, flip_u, image_size, opts)
+
+
+def augment_array(tf, image, key, image_size: int, opts: transforms.AugmentOptions):
+    """``augment_encoded`` for a decoded uint8 image [H, W, C] (in-memory sources)."""
+    shape = tf.shape(image)
+    window, flip_u = crop_window(tf, shape[0], shape[1], key, opts)
+    top, left, crop_h, crop_w = window
+    return _finish(tf, image[top:top + crop_h, left:left + crop_w], tf.stack(window),
+                   shape[:2], flip_u, image_size, opts)
+
+
+def _finish(tf, crop, window, shape, flip_u, image_size, opts):
+    """Resize (bicubic, antialiased), clip, flip, normalize; returns (image, crop_box, flipped)."""
+    out = tf.image.resize(crop, [image_size, image_size], method="bicubic", antialias=True)
+    out = tf.clip_by_value(out, 0.0, 255.0)
+    flipped = tf.logical_and(tf.constant(bool(opts.flip)), flip_u < 0.5)
+    out = tf.cond(flipped, lambda: tf.reverse(out, axis=[1]), lambda: out)
+    channels = out.shape[-1]
+    mean = np.broadcast_to(np.asarray(opts.mean, np.float32), (channels,))
+    std = np.broadcast_to(np.asarray(opts.std, np.float32), (channels,))
+    out = out * (1.0 / (255.0 * std)) - mean / std
+    size = tf.cast(tf.concat([shape, shape], 0), tf.float64)
+    window = tf.cast(window, tf.float64)
+    box = tf.stack([window[0], window[1], window[0] + window[2], window[1] + window[3]]) / size
+    return tf.cast(out, tf.float32), tf.cast(box, tf.float32), flipped
+
+
+def _slot(tf, load, fallback):
+    """A dataset of one element: ``load()`` (with ok=True), or ``fallback`` (ok=False) if
+    ``load`` raises (unreadable image)."""
+    good = tf.data.Dataset.from_tensors(0).map(lambda _: load()).ignore_errors()
+    return good.concatenate(tf.data.Dataset.from_tensors(fallback)).take(1)
+
+
+def indexed_dataset(source, base: str, ids: np.ndarray, *, global_batch: int, host: int,
+                    hosts: int, image_size: int, opts, seed: int, start_step: int,
+                    num_workers: int):
+    """The tf.data pipeline of this host's batches from a folder or in-memory source."""
+    tf = sources_lib.import_tensorflow()
+    n, batch = len(ids), global_batch // hosts
+    key = seed_pair(seed)
+    ids_t = tf.constant(np.asarray(ids, np.int64))
+    labels_t = tf.constant(np.asarray(source.labels(base), np.int32))
+    if source.in_memory:
+        images_t = tf.constant(source.images(base))
+        channels = source.images(base).shape[-1]
+    else:
+        files_t = tf.constant(np.asarray([source.file(base, i) for i in range(
+            source.split_size(base))], dtype=object))
+        channels = source.channels
+    fallback_image = tf.zeros([image_size, image_size, channels], tf.float32)
+
+    def element(k):
+        step, j = k // batch, k % batch
+        position = step * global_batch + host * batch + j
+        epoch, offset = position // n, position % n
+        index = tf.random.experimental.index_shuffle(
+            offset, seed=_fold(tf, key, PERMUTATION_STREAM, epoch), max_index=n - 1)
+        example = ids_t[index]
+        label = labels_t[example]
+        example_key = _fold(tf, key, AUGMENT_STREAM, epoch, example)
+
+        def load():
+            if source.in_memory:
+                image, box, flipped = augment_array(tf, images_t[example], example_key,
+                                                    image_size, opts)
+            else:
+                data = tf.io.read_file(files_t[example])
+                image, box, flipped = augment_encoded(tf, data, example_key, image_size,
+                                                      channels, opts)
+            return _record(tf, image, label, example, box, flipped, True)
+
+        fallback = _record(tf, fallback_image, label, example, tf.zeros([4]), False, False)
+        return _slot(tf, load, fallback)
+
+    ds = tf.data.Dataset.range(start_step * batch, 2**62)
+    return _finish_dataset(tf, ds.interleave(element, **_parallel(tf, num_workers)), batch,
+                           num_workers)
+
+
+def tfds_dataset(source, base: str, ids: np.ndarray, *, batch: int, host: int,
+                 image_size: int, opts, seed: int, start_step: int, num_workers: int,
+                 shuffle_buffer: int):
+    """The tf.data pipeline of this host's batches from a TFDS source (``ids``: this host's
+    part); the order as the Python pipeline's."""
+    tf = sources_lib.import_tensorflow()
+    n = len(ids)
+    first_epoch, offset = divmod(start_step * batch, n)
+    stream_seed = int(np.random.SeedSequence([seed, 2, host]).generate_state(1)[0])
+    key = seed_pair(seed)
+    examples = source.read(base, int(ids[0]), int(ids[-1]) + 1, ids)
+    fallback_image = tf.zeros([image_size, image_size, source.channels], tf.float32)
+
+    def one_epoch(epoch):
+        shuffled = examples.shuffle(shuffle_buffer, seed=stream_seed * 1_000_003 + epoch,
+                                    reshuffle_each_iteration=False)
+        return shuffled.map(lambda data, label, i: (epoch, data, label, i))
+
+    def element(epoch, data, label, example):
+        example_key = _fold(tf, key, AUGMENT_STREAM, epoch, example)
+
+        def load():
+            image, box, flipped = augment_encoded(tf, data, example_key, image_size,
+                                                  source.channels, opts)
+            return _record(tf, image, label, example, box, flipped, True)
+
+        fallback = _record(tf, fallback_image, label, example, tf.zeros([4]), False, False)
+        return _slot(tf, load, fallback)
+
+    ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(one_epoch).skip(offset)
+    return _finish_dataset(tf, ds.interleave(element, **_parallel(tf, num_workers)), batch,
+                           num_workers)
+
+
+def _record(tf, image, label, example, box, flipped, ok):
+    return {"image": image, "label": tf.cast(label, tf.int32), "id": tf.cast(example, tf.int32),
+            "crop_box": tf.cast(box, tf.float32), "flipped": tf.cast(flipped, tf.bool),
+            "ok": tf.constant(ok)}
+
+
+def _parallel(tf, num_workers: int) -> dict:
+    threads = num_workers if num_workers > 0 else tf.data.AUTOTUNE
+    return dict(cycle_length=threads, block_length=1, num_parallel_calls=threads,
+                deterministic=True)
+
+
+def _finish_dataset(tf, ds, batch: int, num_workers: int):
+    ds = ds.batch(batch, drop_remainder=True).prefetch(2)
+    options = tf.data.Options()
+    options.deterministic = True
+    if num_workers > 0:
+        options.threading.private_threadpool_size = num_workers
+    return ds.with_options(options)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def eval_transform(tf, image, image_size: int, opts, whole_image: bool):
+    """Resize so that the shorter side is round(S / eval_crop_pct) (the longer one keeps the
+    aspect ratio, truncated as torchvision's Resize), then the centre S x S crop, offsets
+    rounded as torchvision's CenterCrop (``transforms.eval_geometry``); or, with
+    ``whole_image``, the whole image resized to S x S. Bicubic, antialiased; normalized."""
+    if whole_image:
+        out = tf.image.resize(image, [image_size, image_size], method="bicubic", antialias=True)
+    else:
+        short = round(image_size / opts.eval_crop_pct)
+        shape = tf.shape(image)
+        h, w = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
+        short_t = tf.constant(short, tf.float64)
+        long_h = tf.maximum(tf.floor(short_t * h / w), short_t)
+        long_w = tf.maximum(tf.floor(short_t * w / h), short_t)
+        new_h = tf.cast(tf.where(h <= w, short_t, long_h), tf.int32)
+        new_w = tf.cast(tf.where(h <= w, long_w, short_t), tf.int32)
+        top = tf.cast(tf.round(tf.cast(new_h - image_size, tf.float64) / 2.0), tf.int32)
+        left = tf.cast(tf.round(tf.cast(new_w - image_size, tf.float64) / 2.0), tf.int32)
+        out = tf.image.resize(image, tf.stack([new_h, new_w]), method="bicubic", antialias=True)
+        out = out[top:top + image_size, left:left + image_size]
+    out = tf.clip_by_value(out, 0.0, 255.0)
+    channels = image.shape[-1]
+    mean = np.broadcast_to(np.asarray(opts.mean, np.float32), (channels,))
+    std = np.broadcast_to(np.asarray(opts.std, np.float32), (channels,))
+    out = out * (1.0 / (255.0 * std)) - mean / std
+    return tf.ensure_shape(tf.cast(out, tf.float32), [image_size, image_size, channels])
+
+
+def eval_dataset(source, base: str, ids: np.ndarray, *, batch: int, num_batches: int,
+                 image_size: int, opts, whole_image: bool, num_workers: int):
+    """One ordered pass over ``ids`` (this host's), padded to ``num_batches`` batches. Elements:
+    ``image``, ``label``, ``id`` (-1 for padding and unreadable images), ``mask`` (False for
+    them), ``bad`` (True for an unreadable image) and ``tried`` (the id meant)."""
+    tf = sources_lib.import_tensorflow()
+    count = len(ids)
+    channels = source.images(base).shape[-1] if source.in_memory else source.channels
+    blank = tf.zeros([image_size, image_size, channels], tf.float32)
+
+    def record(image, label, example, ok, bad):
+        """``bad``: an unreadable image (its id in ``tried``; ``id`` -1 as for padding)."""
+        example = tf.cast(example, tf.int32)
+        return {"image": image, "label": tf.cast(label, tf.int32),
+                "id": example if ok else tf.constant(-1), "mask": tf.constant(ok),
+                "bad": tf.constant(bad), "tried": example}
+
+    def decode_and_transform(data):
+        image = tf.cond(
+            tf.io.is_jpeg(data),
+            lambda: tf.io.decode_jpeg(data, channels=channels, dct_method=JPEG_DCT),
+            lambda: tf.io.decode_image(data, channels=channels, expand_animations=False))
+        return eval_transform(tf, image, image_size, opts, whole_image)
+
+    if isinstance(source, sources_lib.TfdsSource):
+        examples = (source.read(base, int(ids[0]), int(ids[-1]) + 1, ids) if count
+                    else tf.data.Dataset.from_tensors((b"", 0, -1)).take(0))
+
+        def element(data, label, example):
+            return _slot(tf, lambda: record(decode_and_transform(data), label, example, True,
+                                            False),
+                         record(blank, 0, example, False, True))
+        ds = examples.interleave(element, **_parallel(tf, num_workers))
+    else:
+        ids_t = tf.constant(np.asarray(ids, np.int64))
+        labels_t = tf.constant(np.asarray(source.labels(base), np.int32))
+        if source.in_memory:
+            images_t = tf.constant(source.images(base))
+        else:
+            files_t = tf.constant(np.asarray([source.file(base, int(i)) for i in ids],
+                                             dtype=object))
+
+        def element(position):
+            example = ids_t[position]
+
+            def load():
+                if source.in_memory:
+                    image = eval_transform(tf, images_t[example], image_size, opts, whole_image)
+                else:
+                    image = decode_and_transform(tf.io.read_file(files_t[position]))
+                return record(image, labels_t[example], example, True, False)
+            return _slot(tf, load, record(blank, 0, example, False, True))
+        ds = tf.data.Dataset.range(count).interleave(element, **_parallel(tf, num_workers))
+    padding = tf.data.Dataset.from_tensors(record(blank, 0, -1, False, False)).repeat(
+        num_batches * batch - count)
+    options = tf.data.Options()
+    options.deterministic = True
+    if num_workers > 0:
+        options.threading.private_threadpool_size = num_workers
+    return ds.concatenate(padding).batch(batch).prefetch(2).with_options(options)

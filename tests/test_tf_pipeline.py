@@ -1,0 +1,218 @@
+"""The tf.data pipeline (``data.pipeline = "tf"``, mim_jax/data/tf_pipeline.py): the same
+training batches on 1 and 2 hosts and after a restart, crop boxes that reproduce the crops
+(against PIL), torchvision's crop sampling (against the numpy implementation), unreadable images
+skipped and counted (folder and TFDS), evaluation passes equal to the Python pipeline's."""
+
+import io
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_helpers import assert_batches_equal, make_config, take
+from mim_jax import data
+from mim_jax.config import ConfigError
+from mim_jax.data import sources, tf_pipeline, transforms
+from test_data import BAD_FILE, check_boxes, image_folder, mnist_metadata  # pylint: disable=unused-import
+
+TF = dict(pipeline="tf")
+ATOL = 0.02 / (255 * 0.5)   # TensorFlow's antialiased bicubic is PIL's to ~0.005 of a level
+
+
+def recrop(image, box, flipped, size, opts):
+  """The training transform of ``image`` redone from its reported crop box, with PIL."""
+  height, width = image.shape[:2]
+  top, left, bottom, right = np.round(box.astype(np.float64) * [height, width, height, width]
+                                      ).astype(int)
+  out = transforms.resize_one(image[top:bottom, left:right], size, size)
+  return transforms.normalize(out[:, ::-1] if flipped else out, opts.mean, opts.std)
+
+
+def hosts_concat(cfg, spec, split, steps, hosts, **kw):
+  """``steps`` global batches as ``hosts`` hosts see them, concatenated per step."""
+  its = [data.train_iterator(cfg, spec, split, process_index=h, process_count=hosts, **kw)
+         for h in range(hosts)]
+  out = []
+  for _ in range(steps):
+    parts = [next(it) for it in its]
+    out.append({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+  return out
+
+
+@pytest.mark.parametrize("spec", ["digits", "folder"])
+def test_same_batches_on_1_and_2_hosts_and_after_a_restart(spec, image_folder):
+  spec = f"folder:{image_folder}" if spec == "folder" else spec
+  cfg = make_config(**TF)
+  kw = dict(global_batch_size=8, image_size=8, seed=11)
+  one = hosts_concat(cfg, spec, "train", 5, 1, **kw)
+  two = hosts_concat(cfg, spec, "train", 5, 2, **kw)
+  for a, b in zip(one, two):
+    assert_batches_equal(a, b)
+  resumed = take(data.train_iterator(cfg, spec, "train", start_step=3, **kw), 2)  # mid-epoch
+  for a, b in zip(one[3:], resumed):
+    assert_batches_equal(a, b)
+  other_seed = next(data.train_iterator(cfg, spec, "train", **dict(kw, seed=12)))
+  assert not np.array_equal(other_seed["id"], one[0]["id"])
+
+
+def test_an_epoch_visits_every_example_once():
+  cfg = make_config(**TF)
+  n = 1437   # digits' train split
+  batches = take(data.train_iterator(cfg, "digits", "train", global_batch_size=479,
+                                     image_size=8, seed=0), 6)           # 2 epochs of 3 batches
+  first, second = (np.concatenate([b["id"] for b in batches[i:i + 3]]) for i in (0, 3))
+  assert sorted(first) == sorted(second) == list(range(n))
+  assert not np.array_equal(first, second)                             # reshuffled
+
+
+def test_crop_boxes_and_flips_reproduce_the_crops(image_folder):
+  cfg = make_config(**TF)
+  opts = transforms.AugmentOptions.from_config(cfg)
+  spec = f"folder:{image_folder}"
+  source = sources.open_source(spec, cfg)
+  batches = take(data.train_iterator(cfg, spec, "train", global_batch_size=4, image_size=8,
+                                     seed=3), 6)
+  flipped, jpegs = [], 0
+  for b in batches:
+    check_boxes(b)
+    for j, index in enumerate(b["id"]):
+      expected = recrop(source.load("train", int(index)), b["crop_box"][j], b["flipped"][j], 8,
+                        opts)
+      if source.file("train", int(index)).endswith((".jpg", ".jpeg")):
+        # a cropped JPEG decode differs from PIL's whole decode at the crop's edge columns only
+        # (chroma upsampling); a box off by one pixel of these noise images is ~50 levels off
+        levels = np.abs(b["image"][j] - expected) * 255 * 0.5
+        assert levels.mean() < 1.0 and levels.max() < 30, (index, levels.mean(), levels.max())
+        jpegs += 1
+      else:
+        np.testing.assert_allclose(b["image"][j], expected, atol=ATOL)
+    flipped.extend(b["flipped"])
+  assert 0 < np.mean(flipped) < 1 and 0 < jpegs < 24
+  digits = sources.open_source("digits", cfg).images("train")
+  for b in take(data.train_iterator(cfg, "digits", "train", global_batch_size=16, image_size=12,
+                                    seed=5), 2):
+    check_boxes(b)
+    for j, index in enumerate(b["id"]):
+      expected = recrop(digits[index], b["crop_box"][j], b["flipped"][j], 12, opts)
+      np.testing.assert_allclose(b["image"][j], expected, atol=ATOL)
+
+
+def test_crop_sampling_is_torchvisions_as_the_numpy_implementation():
+  """tf_pipeline.crop_window on its draws == transforms.random_resized_crop_boxes on the same
+  draws, for sizes and ranges where the attempts fail too (the centred fallback)."""
+  import tensorflow as tf
+  rng = np.random.default_rng(0)
+  attempts = transforms.NUM_CROP_ATTEMPTS
+  fallbacks = 0
+  for case in range(300):
+    scale = (0.08, 1.0) if case % 3 else (0.9, 1.0)
+    ratio = (3 / 4, 4 / 3) if case % 2 else (0.2, 5.0)
+    opts = transforms.AugmentOptions(crop_scale=scale, crop_ratio=ratio)
+    h, w = (int(v) for v in rng.integers(1, 60, 2))
+    if case % 5 == 0:
+      h, w = 3, 90            # long and thin: attempts rarely fit
+    key = tf.constant([case, 7], tf.int64)
+    window, flip_u = tf_pipeline.crop_window(tf, h, w, key, opts)
+    u = tf.random.stateless_uniform([2 * attempts + 3], seed=key, dtype=tf.float64).numpy()
+    draws = {"area": u[None, :attempts], "log_ratio": u[None, attempts:2 * attempts],
+             "position": u[None, 2 * attempts:2 * attempts + 2], "flip": u[None, -1]}
+    expected = [int(v[0]) for v in transforms.random_resized_crop_boxes(draws, h, w, scale, ratio)]
+    assert [int(v) for v in window] == expected, (h, w, scale, ratio)
+    assert float(flip_u) == u[-1]
+    fallbacks += expected[2:] == [h, min(w, round(h * ratio[1]))] and case % 5 == 0
+  assert fallbacks > 10
+
+
+def test_unreadable_images_are_skipped_counted_and_logged(image_folder, caplog):
+  cfg = make_config(**TF)
+  spec = f"folder:{image_folder}"
+  files = sources.open_source(spec, cfg)._split("train")[0]
+  bad_id = files.index(f"{image_folder}/{BAD_FILE}")
+  with caplog.at_level(logging.WARNING, logger="mim_jax.data"):
+    it = data.train_iterator(cfg, spec, "train", global_batch_size=4, image_size=8, seed=0)
+    batches = take(it, 8)                                    # 32 slots: ~3 epochs of 11
+  ids = np.concatenate([b["id"] for b in batches])
+  assert bad_id not in ids and set(ids.tolist()) == set(range(11)) - {bad_id}
+  assert all(b["image"].shape == (4, 8, 8, 3) and np.isfinite(b["image"]).all() for b in batches)
+  assert it.skipped_images >= 2                               # once per epoch it came up in
+  assert sum("broken.jpg" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_tfds_content_ids_resume_and_a_corrupted_example(mnist_metadata):
+  """Fake mnist whose example i is a constant PNG of value i (example 33 is garbage bytes)."""
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+
+  def png(value):
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((28, 28), value, np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+  encoded = [png(i) if i != 33 else b"not a png" for i in range(100)]
+
+  def as_dataset(builder, split, decoders=None, read_config=None, shuffle_files=False):
+    del decoders, read_config, shuffle_files
+    (absolute,) = tfds.core.ReadInstruction.from_spec(str(split)).to_absolute(builder.info.splits)
+    lo, hi = absolute.from_ or 0, absolute.to or 100
+    return tf.data.Dataset.from_tensor_slices(
+        {"image": encoded[lo:hi], "label": np.arange(lo, hi, dtype=np.int64) % 10})
+
+  cfg = make_config(data_dir=mnist_metadata, shuffle_buffer=8, mean=(0,), std=(1 / 255,), **TF)
+  with tfds.testing.mock_data(as_dataset_fn=as_dataset, data_dir=mnist_metadata):
+    kw = dict(global_batch_size=4, image_size=4, seed=0)
+    it = data.train_iterator(cfg, "tfds:mnist", "train[30:40]", **kw)
+    batches = take(it, 6)
+    ids = np.concatenate([b["id"] for b in batches])
+    assert 33 not in ids and set(ids.tolist()) == set(range(30, 40)) - {33}
+    assert it.skipped_images >= 1
+    for b in batches:
+      np.testing.assert_allclose(b["image"], np.broadcast_to(
+          b["id"][:, None, None, None].astype(np.float32), b["image"].shape), atol=1e-3)
+      np.testing.assert_array_equal(b["label"], b["id"] % 10)
+    resumed = take(data.train_iterator(cfg, "tfds:mnist", "train[30:40]", start_step=4, **kw), 2)
+    for a, r in zip(batches[4:], resumed):
+      assert_batches_equal(a, r)
+    it = data.eval_iterator(cfg, "tfds:mnist", "train[30:40]", global_batch_size=4, image_size=4)
+    batches = list(it)
+    ids = np.concatenate([b["id"][b["mask"]] for b in batches])
+    np.testing.assert_array_equal(ids, [30, 31, 32, 34, 35, 36, 37, 38, 39])
+    assert it.skipped_images == 1 and batches[0]["id"][3] == -1 and len(batches) == 3
+    for b in batches:
+      np.testing.assert_allclose(b["image"][b["mask"]], np.broadcast_to(
+          b["id"][b["mask"], None, None, None].astype(np.float32), (b["mask"].sum(), 4, 4, 3)),
+          atol=1e-3)
+
+
+def test_randaugment_keeps_the_python_pipeline_and_bad_names_are_refused():
+  kw = dict(global_batch_size=8, image_size=8, seed=1)
+  with_ra = dict(randaugment="rand-m9-mstd0.5-inc1", random_erase=0.25)
+  tf_batch = next(data.train_iterator(make_config(pipeline="tf", **with_ra), "digits", "train",
+                                      **kw))
+  py_batch = next(data.train_iterator(make_config(pipeline="python", **with_ra), "digits",
+                                      "train", **kw))
+  assert_batches_equal(tf_batch, py_batch)
+  with pytest.raises(ConfigError, match="data.pipeline must be 'python' or 'tf'"):
+    data.train_iterator(make_config(pipeline="grain"), "digits", "train", **kw)
+
+
+@pytest.mark.parametrize("whole_image", [False, True])
+def test_evaluation_equals_the_python_pipelines(image_folder, whole_image):
+  """Same examples, order, padding and masks as the Python pipeline; images to ~0.02 of a grey
+  level (TensorFlow's and PIL's resamplers); the unreadable file masked and counted."""
+  kw = dict(global_batch_size=4, image_size=8, whole_image=whole_image)
+  for spec, split in ((f"folder:{image_folder}", "train"), ("digits", "test")):
+    for host in range(2):
+      tf_it = data.eval_iterator(make_config(**TF), spec, split, process_index=host,
+                                 process_count=2, **kw)
+      py_it = data.eval_iterator(make_config(), spec, split, process_index=host,
+                                 process_count=2, **kw)
+      assert len(tf_it) == len(py_it)
+      for a, b in zip(tf_it, py_it):
+        for key in ("label", "id", "mask"):
+          np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        np.testing.assert_allclose(a["image"], b["image"], atol=ATOL)
+      assert tf_it.skipped_images == py_it.skipped_images
+  assert data.eval_iterator(make_config(**TF), f"folder:{image_folder}", "train",
+                            process_index=0, process_count=1, **kw).__class__.__name__ == (
+                                "_TfEvalIterator")
