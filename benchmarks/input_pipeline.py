@@ -12,7 +12,8 @@ to k cores (``os.sched_setaffinity``):
 * ``reference``: the plain tf.data map the input-pipeline issue measured: read the file,
   ``sample_distorted_bounding_box`` (area 0.2-1, ratio 3/4-4/3), ``decode_and_crop_jpeg``,
   bicubic resize, random flip, batch; ``num_parallel_calls`` = k, a private pool of k threads;
-* ``python`` / ``tf``: ``data.train_iterator`` with ``data.pipeline`` set so and
+* ``python`` / ``tf`` / ``tf_no_antialias``: ``data.train_iterator`` with ``data.pipeline``
+  set so (the last with ``data.antialias = False``, the reference's resize) and
   ``data.num_workers`` = k (RandomResizedCrop 0.2-1 + flip, normalized float32 batches).
 
 Rounds alternate the pipelines; each reports the median of its rounds' images/s (after one
@@ -80,7 +81,8 @@ def _mim_batches(dataset, data_dir, pipeline, batch, image_size, cores):
   from mim_jax import config as config_lib
   from mim_jax import data
   c = config_lib.base_config("mae").data
-  c.pipeline, c.num_workers = pipeline, cores
+  c.pipeline, c.num_workers = pipeline.replace("_no_antialias", ""), cores
+  c.antialias = not pipeline.endswith("_no_antialias")
   if data_dir:
     c.data_dir = data_dir
   return data.train_iterator(c, dataset, "train", global_batch_size=batch, image_size=image_size,
@@ -114,13 +116,14 @@ def main(argv=None):
   ap.add_argument("--tfds", default="", help="also a prepared TFDS dataset, e.g. imagenette")
   ap.add_argument("--data_dir", default="", help="TFDS data_dir")
   ap.add_argument("--cores", default="", help="core counts, e.g. 1,2 (default: 1 .. all)")
-  ap.add_argument("--pipelines", default="python,tf", help="mim_jax pipelines to time")
+  ap.add_argument("--pipelines", default="python,tf,tf_no_antialias",
+                  help="mim_jax pipelines to time (tf_no_antialias: tf, data.antialias=False)")
   ap.add_argument("--batch_size", type=int, default=64)
   ap.add_argument("--image_size", type=int, default=224)
   ap.add_argument("--batches", type=int, default=20, help="timed batches per measurement")
   ap.add_argument("--rounds", type=int, default=2)
   ap.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)   # the worker
-  ap.add_argument("--pipeline", default="", help=argparse.SUPPRESS)
+  ap.add_argument("--pipeline", default="", help=argparse.SUPPRESS)   # one measurement's
   ap.add_argument("--dataset", default="", help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
   if args.measure:

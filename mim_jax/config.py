@@ -78,6 +78,8 @@ def base_config(method: str = "mae") -> ConfigDict:
       shuffle_buffer=10_000, num_workers=2, prefetch=2,
       pipeline="python",          # python (threads) | tf (tf.data, C++ threads; training
                                   #   with RandAugment / erasing keeps python for now)
+      antialias=True,             # resize as PIL / torchvision; False (pipeline tf only):
+                                  #   plain bicubic when downscaling, faster, aliased
       randaugment="",             # e.g. 'rand-m9-mstd0.5-inc1' (fine-tuning); '' = off
       random_erase=0.0))          # probability of erasing a box (fine-tuning: 0.25)
   # --- schedule and optimizer (lr = blr * batch_size / 256) ---

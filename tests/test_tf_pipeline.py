@@ -216,3 +216,35 @@ def test_evaluation_equals_the_python_pipelines(image_folder, whole_image):
   assert data.eval_iterator(make_config(**TF), f"folder:{image_folder}", "train",
                             process_index=0, process_count=1, **kw).__class__.__name__ == (
                                 "_TfEvalIterator")
+
+
+def test_antialias_off_resizes_with_the_plain_kernel(image_folder):
+  """antialias=False: the crop resized by TensorFlow's plain bicubic (PIL's antialiased one
+  differs when downscaling); the python pipeline refuses it."""
+  import tensorflow as tf
+  spec = f"folder:{image_folder}"
+  cfg = make_config(antialias=False, **TF)
+  opts = transforms.AugmentOptions.from_config(cfg)
+  source = sources.open_source(spec, cfg)
+  checked = 0
+  for b, j in ((b, j) for b in take(data.train_iterator(cfg, spec, "train", global_batch_size=4,
+                                                      image_size=4, seed=3), 6)
+               for j in range(4)):
+    index = b["id"][j]
+    if not source.file("train", int(index)).endswith(".png"):
+      continue                        # PNGs: decoded whole, so the crop is exact
+    checked += 1
+    image = source.load("train", int(index))
+    height, width = image.shape[:2]
+    top, left, bottom, right = np.round(b["crop_box"][j].astype(np.float64) * [
+        height, width, height, width]).astype(int)
+    out = tf.image.resize(image[top:bottom, left:right], [4, 4], method="bicubic").numpy()
+    out = np.clip(out, 0, 255)[:, ::-1] if b["flipped"][j] else np.clip(out, 0, 255)
+    np.testing.assert_allclose(b["image"][j], transforms.normalize(out, opts.mean, opts.std),
+                               atol=ATOL)
+    aa = recrop(image, b["crop_box"][j], b["flipped"][j], 4, opts)
+    assert np.abs(aa - b["image"][j]).max() > 0.05       # a real downscale: the kernels differ
+  assert checked >= 3
+  with pytest.raises(ConfigError, match="antialias=False needs data.pipeline=tf"):
+    data.train_iterator(make_config(antialias=False), spec, "train", global_batch_size=4,
+                        image_size=4, seed=3)

@@ -356,6 +356,9 @@ def _pipeline_kind(data_config) -> str:
     kind = data_config.get("pipeline", "python")
     if kind not in ("python", "tf"):
         raise ConfigError(f"data.pipeline must be 'python' or 'tf', got {kind!r}")
+    if kind == "python" and not data_config.get("antialias", True):
+        raise ConfigError("data.antialias=False needs data.pipeline=tf (the python pipeline "
+                          "resizes with PIL, always antialiased)")
     return kind
 
 

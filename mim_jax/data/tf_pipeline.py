@@ -2,7 +2,9 @@
 normalize run in TensorFlow's C++ threads, outside the Python interpreter lock, so they scale
 with cores. Training (``indexed_dataset``, ``tfds_dataset``) and evaluation (``eval_dataset``). JPEGs are decoded with ``decode_and_crop_jpeg`` (only the crop's blocks); other
 formats are decoded whole, then cropped. The resize is TensorFlow's antialiased bicubic, which
-is PIL's (the Python pipeline's) to ~0.005 of a grey level.
+is PIL's (the Python pipeline's, torchvision's) to ~0.005 of a grey level; ``data.antialias =
+False`` resizes with the plain bicubic kernel when downscaling (as TensorFlow's default resize
+and JAX codebases built on it: faster, aliased).
 
 Batches are what ``pipeline.train_iterator`` yields: ``image`` float32 [b, S, S, C], ``label``,
 ``id``, ``crop_box`` (y0, x0, y1, x1 as fractions of the source image) and ``flipped``.
@@ -123,8 +125,10 @@ def augment_array(tf, image, key, image_size: int, opts: transforms.AugmentOptio
 
 
 def _finish(tf, crop, window, shape, flip_u, image_size, opts):
-    """Resize (bicubic, antialiased), clip, flip, normalize; returns (image, crop_box, flipped)."""
-    out = tf.image.resize(crop, [image_size, image_size], method="bicubic", antialias=True)
+    """Resize (bicubic; antialiased unless ``opts.antialias`` is off), clip, flip, normalize;
+    returns (image, crop_box, flipped)."""
+    out = tf.image.resize(crop, [image_size, image_size], method="bicubic",
+                          antialias=opts.antialias)
     out = tf.clip_by_value(out, 0.0, 255.0)
     flipped = tf.logical_and(tf.constant(bool(opts.flip)), flip_u < 0.5)
     out = tf.cond(flipped, lambda: tf.reverse(out, axis=[1]), lambda: out)
@@ -251,9 +255,11 @@ def eval_transform(tf, image, image_size: int, opts, whole_image: bool):
     """Resize so that the shorter side is round(S / eval_crop_pct) (the longer one keeps the
     aspect ratio, truncated as torchvision's Resize), then the centre S x S crop, offsets
     rounded as torchvision's CenterCrop (``transforms.eval_geometry``); or, with
-    ``whole_image``, the whole image resized to S x S. Bicubic, antialiased; normalized."""
+    ``whole_image``, the whole image resized to S x S. Bicubic (antialiased unless
+    ``opts.antialias`` is off); normalized."""
     if whole_image:
-        out = tf.image.resize(image, [image_size, image_size], method="bicubic", antialias=True)
+        out = tf.image.resize(image, [image_size, image_size], method="bicubic",
+                              antialias=opts.antialias)
     else:
         short = round(image_size / opts.eval_crop_pct)
         shape = tf.shape(image)
@@ -265,7 +271,8 @@ def eval_transform(tf, image, image_size: int, opts, whole_image: bool):
         new_w = tf.cast(tf.where(h <= w, long_w, short_t), tf.int32)
         top = tf.cast(tf.round(tf.cast(new_h - image_size, tf.float64) / 2.0), tf.int32)
         left = tf.cast(tf.round(tf.cast(new_w - image_size, tf.float64) / 2.0), tf.int32)
-        out = tf.image.resize(image, tf.stack([new_h, new_w]), method="bicubic", antialias=True)
+        out = tf.image.resize(image, tf.stack([new_h, new_w]), method="bicubic",
+                              antialias=opts.antialias)
         out = out[top:top + image_size, left:left + image_size]
     out = tf.clip_by_value(out, 0.0, 255.0)
     channels = image.shape[-1]

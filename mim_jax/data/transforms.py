@@ -56,6 +56,7 @@ class AugmentOptions:
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     randaugment: str = ""  # timm RandAugment spec, e.g. "rand-m9-mstd0.5-inc1"; "" = off
     random_erase: float = 0.0  # random erasing probability (mode "pixel"); 0 = off
+    antialias: bool = True  # downscaling stretches the bicubic kernel (PIL); False: tf only
 
     @classmethod
     def from_config(cls, data_config) -> AugmentOptions:
