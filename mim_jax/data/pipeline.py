@@ -345,6 +345,10 @@ class _TfdsTrainIterator(BatchIterator):
         return out, box, flipped
 
 
+def _channels(source, base) -> int:
+    return source.images(base).shape[-1] if source.in_memory else source.channels
+
+
 def _describer(source, base):
     """id -> how the log names that example (its file, for a folder)."""
     if isinstance(source, sources_lib.FolderSource):
@@ -364,15 +368,32 @@ def _pipeline_kind(data_config) -> str:
 
 class _TfTrainIterator(BatchIterator):
     """Training stream built by tf.data (``tf_pipeline``); fills the slots of unreadable images
-    with the next readable image of the batch."""
+    with the next readable image of the batch. Images are uint8: ``image_normalization``
+    (scale, shift) is applied on the device by ``device_prefetch``. With ``stream`` (an
+    ``IndexedStream``), a batch that fails on an unreadable image has it found and marked, and
+    the stream is rebuilt from that step."""
 
-    def __init__(self, dataset, describe):
+    def __init__(self, dataset, describe, normalization, stream=None, start_step=0):
         super().__init__(0)
         self._raw = dataset.as_numpy_iterator()
         self._describe = describe  # id -> what to name in the log
+        self.image_normalization = normalization
+        self._stream, self._step, self._bad = stream, start_step, set()
 
     def __next__(self):
-        batch = next(self._raw)
+        while True:
+            try:
+                batch = next(self._raw)
+                break
+            except Exception as e:  # pylint: disable=broad-except
+                if self._stream is None or isinstance(e, StopIteration):
+                    raise
+                found = self._stream.unreadable(self._step) - self._bad
+                if not found:
+                    raise
+                self._bad |= found
+                self._raw = self._stream.dataset(self._step, self._bad).as_numpy_iterator()
+        self._step += 1
         ok = batch.pop("ok")
         if not ok.all():
             good = np.flatnonzero(ok)
@@ -412,17 +433,20 @@ def train_iterator(data_config, dataset: str, split: str | subsets.Subset, *,
     if _pipeline_kind(data_config) == "tf" and not (opts.randaugment or opts.random_erase):
         from mim_jax.data import tf_pipeline  # pylint: disable=g-import-not-at-top
 
+        norm = tf_pipeline.normalization(opts, _channels(source, base))
         common = dict(image_size=image_size, opts=opts, seed=_seed(seed),
                       start_step=int(start_step), num_workers=num_workers)
         if isinstance(source, sources_lib.TfdsSource):
             ds = tf_pipeline.tfds_dataset(
                 source, base, ids, batch=batch, host=process_index,
                 shuffle_buffer=int(data_config.get("shuffle_buffer", 10000)), **common)
-            return _TfTrainIterator(ds, _describer(source, base))
+            return _TfTrainIterator(ds, _describer(source, base), norm)
         _, all_ids = subsets.resolve(split, source)   # every host's: one global order
-        ds = tf_pipeline.indexed_dataset(source, base, all_ids, global_batch=global_batch_size,
-                                         host=process_index, hosts=process_count, **common)
-        return _TfTrainIterator(ds, _describer(source, base))
+        start = common.pop("start_step")
+        stream = tf_pipeline.IndexedStream(source, base, all_ids, global_batch=global_batch_size,
+                                           host=process_index, hosts=process_count, **common)
+        return _TfTrainIterator(stream.dataset(start), _describer(source, base), norm,
+                                stream=stream, start_step=start)
     kwargs = dict(batch=batch, image_size=image_size, opts=opts, seed=_seed(seed),
                   start_step=int(start_step), process_index=process_index,
                   num_workers=num_workers)
@@ -525,12 +549,13 @@ def _pad(images: np.ndarray, batch: int) -> np.ndarray:
 class _TfEvalIterator(BatchIterator):
     """An evaluation pass built by tf.data (``tf_pipeline.eval_dataset``)."""
 
-    def __init__(self, dataset, num_batches: int, describe):
+    def __init__(self, dataset, num_batches: int, describe, normalization):
         super().__init__(0)
         self._raw = dataset.as_numpy_iterator()
         self.num_batches = num_batches
         self._done = 0
         self._describe = describe  # id -> what to name in the log
+        self.image_normalization = normalization  # applied on the device (device_prefetch)
 
     def __len__(self):
         return self.num_batches
@@ -591,7 +616,8 @@ def eval_iterator(data_config, dataset: str, split: str | subsets.Subset, *,
                                       batch=batch, num_batches=num_batches,
                                       image_size=image_size, opts=opts,
                                       whole_image=bool(whole_image), num_workers=num_workers)
-        return _TfEvalIterator(ds, num_batches, _describer(source, base))
+        norm = tf_pipeline.normalization(opts, _channels(source, base))
+        return _TfEvalIterator(ds, num_batches, _describer(source, base), norm)
     return _EvalIterator(source, base, _host_ids(ids, process_index, process_count), batch=batch,
                          image_size=image_size, opts=opts, num_batches=num_batches,
                          num_workers=int(data_config.get("num_workers", 2)),

@@ -6,6 +6,7 @@ import queue
 import threading
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 _ITEM, _END, _ERROR = "item", "end", "error"
@@ -22,14 +23,34 @@ def _put(out: queue.Queue, stop: threading.Event, item) -> bool:
     return False
 
 
+@jax.jit
+def _normalize_image(image, scale, shift):
+    return image.astype(jnp.float32) * scale + shift
+
+
+def normalize_on_device(arrays, normalization):
+    """Applies an iterator's ``image_normalization`` to device batches: (scale, shift) to
+    ``arrays["image"]`` (uint8 -> float32), a dict of them to the batches of a ``Zip``, None
+    leaves the batch as it is."""
+    if normalization is None:
+        return arrays
+    if isinstance(normalization, dict):
+        return {name: normalize_on_device(value, normalization.get(name))
+                for name, value in arrays.items()}
+    scale, shift = normalization
+    return dict(arrays, image=_normalize_image(arrays["image"], scale, shift))
+
+
 def _fill(iterator, sharding, out: queue.Queue, stop: threading.Event) -> None:
     """Thread body: converts batches and queues them, then an end or error marker."""
+    normalization = getattr(iterator, "image_normalization", None)
     try:
         for batch in iterator:
             if stop.is_set():
                 return
             arrays = jax.tree_util.tree_map(
                 lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+            arrays = normalize_on_device(arrays, normalization)
             if not _put(out, stop, (_ITEM, arrays)):
                 return
         _put(out, stop, (_END, None))
@@ -43,6 +64,8 @@ class DevicePrefetcher:
     Each host-local numpy batch dict from ``iterator`` becomes a dict of global
     arrays via ``jax.make_array_from_process_local_data(sharding, local)``: the
     global batch is the concatenation of all hosts' local batches along axis 0.
+    uint8 images of an iterator with ``image_normalization`` (the tf.data
+    pipeline's) are normalized there, on the devices.
     Up to ``size`` converted batches wait in a queue. An exception raised while
     reading or converting is re-raised by ``next()`` in the consumer.
 

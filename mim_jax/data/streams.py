@@ -52,6 +52,12 @@ class Zip:
     def skipped_images(self) -> int:
         return sum(getattr(it, "skipped_images", 0) for it in self._iterators.values())
 
+    @property
+    def image_normalization(self) -> dict:
+        """Each member's (``device_prefetch`` applies it to that member's batch)."""
+        return {name: getattr(it, "image_normalization", None)
+                for name, it in self._iterators.items()}
+
     def close(self) -> None:
         for it in self._iterators.values():
             if hasattr(it, "close"):
