@@ -14,7 +14,8 @@ from data_helpers import assert_batches_equal, make_config, take
 from mim_jax import data
 from mim_jax.config import ConfigError
 from mim_jax.data import sources, tf_pipeline, transforms
-from test_data import BAD_FILE, check_boxes, image_folder, mnist_metadata  # pylint: disable=unused-import
+from test_data import (BAD_FILE, check_boxes, image_folder,  # pylint: disable=unused-import
+                       mnist_metadata)
 
 TF = dict(pipeline="tf")
 # The pipeline's images are uint8 (rounded after the resize); TensorFlow's antialiased bicubic

@@ -42,6 +42,11 @@ Determinism. The training stream is a pure function of (seed, position):
   ``data.random_erase``), so these are reproduced too, and with both off the
   stream is the same as without them.
 
+With ``data.pipeline = "tf"`` (``tf_pipeline``) the batches are built by tf.data instead,
+with their own stream (one global order for folder and in-memory sources, the same batch on any
+number of hosts; per-example stateless draws), uint8 images normalized on the devices; see
+that module. What follows describes the default Python pipeline.
+
 Unreadable images (folder, tfds) are skipped, logged once per file and counted
 in the iterator's ``skipped_images``. In training the slot is filled by the
 next readable example (folder: of the same epoch's order; tfds: of the same

@@ -1,7 +1,8 @@
-"""Batches built by tf.data (``data.pipeline = "tf"``): decode, crop, resize, flip and
-normalize run in TensorFlow's C++ threads, outside the Python interpreter lock, so they scale
-with cores. Training (``indexed_dataset``, ``tfds_dataset``) and evaluation (``eval_dataset``). JPEGs are decoded with ``decode_and_crop_jpeg`` (only the crop's blocks); other
-formats are decoded whole, then cropped. The resize is TensorFlow's antialiased bicubic, which
+"""Batches built by tf.data (``data.pipeline = "tf"``): reading, decoding, crop, resize and flip
+run in TensorFlow's C++ threads, outside the Python interpreter lock, so they scale with cores.
+Training (``IndexedStream`` for folder and in-memory sources, ``tfds_dataset``) and evaluation
+(``eval_dataset``). JPEGs are decoded with ``decode_and_crop_jpeg`` (only the crop's blocks);
+other formats are decoded whole, then cropped. The resize is TensorFlow's antialiased bicubic, which
 is PIL's (the Python pipeline's, torchvision's) to ~0.005 of a grey level; ``data.antialias =
 False`` resizes with the plain bicubic kernel when downscaling (as TensorFlow's default resize
 and JAX codebases built on it: faster, aliased).
@@ -32,7 +33,9 @@ ratio, the first that fits, else the centred fallback), the same arithmetic as
 ``transforms.random_resized_crop_boxes`` on these draws.
 
 An unreadable image (missing file, corrupted bytes) leaves its slot to the next readable image
-of the same batch (its crop and flip too); it is counted in ``skipped_images`` and logged once.
+of the same batch (its crop and flip too); it is counted in ``skipped_images`` and logged once
+(folder / in-memory: see ``IndexedStream``; TFDS and evaluation: each image is decoded inside a
+one-element dataset whose errors are ignored, with a flagged blank as the fallback).
 RandAugment and random erasing are not done here yet: ``pipeline.train_iterator`` keeps the
 Python pipeline when they are on.
 """
