@@ -192,16 +192,61 @@ def test_tfds_content_ids_resume_and_a_corrupted_example(mnist_metadata):
           atol=1e-3)
 
 
-def test_randaugment_keeps_the_python_pipeline_and_bad_names_are_refused():
+def test_randaugment_is_the_projects_on_each_crop_seeded_by_the_example(image_folder):
+  """Batch with RandAugment == the same batch without it, each image then put through
+  randaugment.randaugment with the Generator of its example's seed."""
+  import tensorflow as tf
+  from mim_jax.data import randaugment as ra
+  spec = f"folder:{image_folder}"
   kw = dict(global_batch_size=8, image_size=8, seed=1)
-  with_ra = dict(randaugment="rand-m9-mstd0.5-inc1", random_erase=0.25)
-  tf_batch = next(data.train_iterator(make_config(pipeline="tf", **with_ra), "digits", "train",
-                                      **kw))
-  py_batch = next(data.train_iterator(make_config(pipeline="python", **with_ra), "digits",
-                                      "train", **kw))
-  assert_batches_equal(tf_batch, py_batch)
+  plain = next(data.train_iterator(make_config(**TF), spec, "train", **kw))
+  cfg = make_config(randaugment="rand-m9-mstd0.5-inc1", **TF)
+  with_ra = next(data.train_iterator(cfg, spec, "train", **kw))
+  np.testing.assert_array_equal(with_ra["id"], plain["id"])
+  fill = ra.fill_from_mean(cfg.mean, 3)
+  changed = 0
+  for j, example in enumerate(plain["id"]):
+    key = tf_pipeline._fold(tf, tf_pipeline.seed_pair(1), tf_pipeline.AUGMENT_STREAM, 0,
+                            int(example))                     # epoch 0: the first 8 of 10
+    seed = int(tf_pipeline.example_seed(tf, key, transforms.RANDAUGMENT_STREAM)) % 2**64
+    expected = ra.randaugment(plain["image"][j], cfg.randaugment,
+                              transforms.example_rng(seed, transforms.RANDAUGMENT_STREAM), fill)
+    np.testing.assert_array_equal(with_ra["image"][j], expected)
+    changed += not np.array_equal(expected, plain["image"][j])
+  assert changed >= 2
   with pytest.raises(ConfigError, match="data.pipeline must be 'python' or 'tf'"):
     data.train_iterator(make_config(pipeline="grain"), "digits", "train", **kw)
+
+
+def test_random_erasing_boxes_from_the_host_filled_on_the_devices():
+  import jax
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data"))
+  kw = dict(global_batch_size=64, image_size=16, seed=2)
+  cfg = make_config(random_erase=0.25, **TF)
+  host = take(data.train_iterator(cfg, "digits", "train", **kw), 2)
+  plain = take(data.device_prefetch(data.train_iterator(make_config(**TF), "digits", "train",
+                                                        **kw), sharding), 2)
+  erased = take(data.device_prefetch(data.train_iterator(cfg, "digits", "train", **kw),
+                                     sharding), 2)
+  boxes = np.concatenate([b["erase_box"] for b in host])
+  some = boxes[:, 2] > 0
+  assert 10 <= some.sum() <= 55                                   # ~25 % of 128
+  top, left, h, w = boxes[some].T
+  assert np.all((h < 16) & (w < 16) & (top + h <= 16) & (left + w <= 16) & (h > 0) & (w > 0))
+  area = h * w / 256
+  assert np.all((area > 0.01) & (area < 0.4)) and np.all((h / w > 0.2) & (h / w < 5))
+  noise = []
+  for b_host, b_plain, b_erased in zip(host, plain, erased):
+    assert "erase_box" not in b_erased and "erase_seed" not in b_erased
+    base, out = np.asarray(b_plain["image"]), np.asarray(b_erased["image"])
+    for j, (t, l, hh, ww) in enumerate(b_host["erase_box"]):
+      inside = np.zeros(base.shape[1:3], bool)
+      inside[t:t + hh, l:l + ww] = True
+      np.testing.assert_array_equal(out[j][~inside], base[j][~inside])
+      noise.append(out[j][inside].ravel())
+  noise = np.concatenate(noise)
+  assert len(noise) > 500 and abs(noise.mean()) < 0.15 and abs(noise.std() - 1) < 0.15
 
 
 @pytest.mark.parametrize("whole_image", [False, True])

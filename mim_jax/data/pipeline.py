@@ -435,7 +435,7 @@ def train_iterator(data_config, dataset: str, split: str | subsets.Subset, *,
         raise DatasetError(f"dataset {dataset!r}: split {str(split)!r} has no examples for host "
                            f"{process_index} of {process_count} (train on a larger split)")
     num_workers = int(data_config.get("num_workers", 2))
-    if _pipeline_kind(data_config) == "tf" and not (opts.randaugment or opts.random_erase):
+    if _pipeline_kind(data_config) == "tf":
         from mim_jax.data import tf_pipeline  # pylint: disable=g-import-not-at-top
 
         norm = tf_pipeline.normalization(opts, _channels(source, base))

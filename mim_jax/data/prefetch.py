@@ -28,17 +28,36 @@ def _normalize_image(image, scale, shift):
     return image.astype(jnp.float32) * scale + shift
 
 
+@jax.jit
+def _erase(images, boxes, seeds):
+    """Random erasing ("pixel" mode) of normalized images [B, H, W, C]: each example's box
+    (top, left, h, w; h = 0: none) filled with N(0, 1) values from its seed."""
+    def one(image, box, seed):
+        noise = jax.random.normal(jax.random.fold_in(jax.random.key(0), seed), image.shape,
+                                  image.dtype)
+        rows = jnp.arange(image.shape[0])[:, None, None]
+        cols = jnp.arange(image.shape[1])[None, :, None]
+        inside = ((rows >= box[0]) & (rows < box[0] + box[2]) & (cols >= box[1])
+                  & (cols < box[1] + box[3]))
+        return jnp.where(inside, noise, image)
+    return jax.vmap(one)(images, boxes, seeds)
+
+
 def normalize_on_device(arrays, normalization):
     """Applies an iterator's ``image_normalization`` to device batches: (scale, shift) to
-    ``arrays["image"]`` (uint8 -> float32), a dict of them to the batches of a ``Zip``, None
-    leaves the batch as it is."""
+    ``arrays["image"]`` (uint8 -> float32), then the random erasing the host drew
+    (``erase_box``, ``erase_seed``, consumed here); a dict of them to the batches of a ``Zip``;
+    None leaves the batch as it is."""
     if normalization is None:
         return arrays
     if isinstance(normalization, dict):
         return {name: normalize_on_device(value, normalization.get(name))
                 for name, value in arrays.items()}
     scale, shift = normalization
-    return dict(arrays, image=_normalize_image(arrays["image"], scale, shift))
+    out = dict(arrays, image=_normalize_image(arrays["image"], scale, shift))
+    if "erase_box" in out:
+        out["image"] = _erase(out["image"], out.pop("erase_box"), out.pop("erase_seed"))
+    return out
 
 
 def _fill(iterator, sharding, out: queue.Queue, stop: threading.Event) -> None:

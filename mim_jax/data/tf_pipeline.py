@@ -36,8 +36,10 @@ An unreadable image (missing file, corrupted bytes) leaves its slot to the next 
 of the same batch (its crop and flip too); it is counted in ``skipped_images`` and logged once
 (folder / in-memory: see ``IndexedStream``; TFDS and evaluation: each image is decoded inside a
 one-element dataset whose errors are ignored, with a flagged blank as the fallback).
-RandAugment and random erasing are not done here yet: ``pipeline.train_iterator`` keeps the
-Python pipeline when they are on.
+RandAugment (timm's, on the uint8 crop) runs the project's PIL implementation per image from
+tf.data (``numpy_function``; PIL works outside the interpreter lock), seeded from the example's
+key. Random erasing acts on normalized images, so the host draws each example's box and fill
+seed and the device erases (``prefetch.normalize_on_device``).
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ def augment_encoded(tf, data, key, image_size: int, channels: int,
                 flip_u)
 
     image, window, shape, flip_u = tf.cond(tf.io.is_jpeg(data), jpeg, other)
-    return _finish(tf, image, window, shape, flip_u, image_size, opts)
+    return _finish(tf, image, window, shape, flip_u, image_size, opts, key)
 
 
 def augment_array(tf, image, key, image_size: int, opts: transforms.AugmentOptions):
@@ -127,7 +129,7 @@ def augment_array(tf, image, key, image_size: int, opts: transforms.AugmentOptio
     window, flip_u = crop_window(tf, shape[0], shape[1], key, opts)
     top, left, crop_h, crop_w = window
     return _finish(tf, image[top:top + crop_h, left:left + crop_w], tf.stack(window),
-                   shape[:2], flip_u, image_size, opts)
+                   shape[:2], flip_u, image_size, opts, key)
 
 
 def to_uint8(tf, image):
@@ -135,19 +137,89 @@ def to_uint8(tf, image):
     return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
 
 
-def _finish(tf, crop, window, shape, flip_u, image_size, opts):
-    """Resize (bicubic; antialiased unless ``opts.antialias`` is off), round to uint8, flip;
-    returns (image, crop_box, flipped). Normalization is left to the device
-    (``prefetch.device_prefetch``): on the host it would cost as much as the decode."""
+def _finish(tf, crop, window, shape, flip_u, image_size, opts, key):
+    """Resize (bicubic; antialiased unless ``opts.antialias`` is off), round to uint8, flip,
+    RandAugment (when on); returns {image, crop_box, flipped} and, with random erasing on, the
+    erasing's box and seed (``erase_draws``), which the device applies after normalizing.
+    Normalization is left to the device (``prefetch.device_prefetch``): on the host it would
+    cost as much as the decode."""
     out = tf.image.resize(crop, [image_size, image_size], method="bicubic",
                           antialias=opts.antialias)
     out = to_uint8(tf, out)
     flipped = tf.logical_and(tf.constant(bool(opts.flip)), flip_u < 0.5)
     out = tf.cond(flipped, lambda: tf.reverse(out, axis=[1]), lambda: out)
+    if opts.randaugment:
+        out = randaugment(tf, out, example_seed(tf, key, transforms.RANDAUGMENT_STREAM), opts)
     size = tf.cast(tf.concat([shape, shape], 0), tf.float64)
     window = tf.cast(window, tf.float64)
     box = tf.stack([window[0], window[1], window[0] + window[2], window[1] + window[3]]) / size
-    return out, tf.cast(box, tf.float32), flipped
+    aug = {"image": out, "crop_box": tf.cast(box, tf.float32), "flipped": flipped}
+    if opts.random_erase > 0:
+        aug.update(erase_draws(tf, key, image_size, opts.random_erase))
+    return aug
+
+
+def blank(tf, image_size: int, channels: int, opts):
+    """What ``_finish`` returns, for a slot without an image (unreadable, padding)."""
+    aug = {"image": tf.zeros([image_size, image_size, channels], tf.uint8),
+           "crop_box": tf.zeros([4], tf.float32), "flipped": tf.constant(False)}
+    if opts.random_erase > 0:
+        aug.update(erase_box=tf.zeros([4], tf.int32), erase_seed=tf.constant(0, tf.int32))
+    return aug
+
+
+def example_seed(tf, key, stream: int):
+    """A uint64 seed (as int64) of one example's ``stream`` (``transforms.example_rng``)."""
+    return tf.random.stateless_uniform([], seed=_fold(tf, key, 100 + stream), minval=None,
+                                       maxval=None, dtype=tf.int64)
+
+
+def randaugment(tf, image, seed, opts):
+    """timm's RandAugment of one uint8 image by the project's PIL implementation
+    (``data/randaugment.py``), called from tf.data (``numpy_function``): the same op set,
+    magnitudes and PIL resampling as the Python pipeline, its Generator seeded from the
+    example's stateless key. PIL does the pixel work outside the interpreter lock."""
+    from mim_jax.data import randaugment as ra  # pylint: disable=g-import-not-at-top
+    channels = image.shape[-1]
+    fill = ra.fill_from_mean(opts.mean, channels)
+    spec = ra.parse_randaugment(opts.randaugment)
+
+    def apply(pixels, seed_value):
+        rng = transforms.example_rng(int(seed_value) % 2**64, transforms.RANDAUGMENT_STREAM)
+        return ra.randaugment(pixels, spec, rng, fill)
+
+    out = tf.numpy_function(apply, [image, seed], tf.uint8, stateful=False)
+    return tf.ensure_shape(out, image.shape)
+
+
+def erase_draws(tf, key, size: int, prob: float, min_area: float = 0.02,
+                max_area: float = 1 / 3, min_aspect: float = 0.3, attempts: int = 10):
+    """timm's RandomErasing box for an S x S image (``random_erasing.erase_box``: with
+    probability ``prob``, the first of ``attempts`` (area fraction, log aspect) draws whose box
+    fits strictly inside, at a uniform position): ``erase_box`` (top, left, h, w) int32, h = 0
+    for none, and ``erase_seed`` of its N(0, 1) fill, which the device draws
+    (``prefetch.normalize_on_device``)."""
+    u = tf.random.stateless_uniform([2 * attempts + 3], seed=_fold(tf, key, 100 +
+                                                                    transforms.ERASE_STREAM),
+                                    dtype=tf.float64)
+    coin, area_u, aspect_u, pos_u = u[0], u[1:attempts + 1], u[attempts + 1:2 * attempts + 1], u[
+        2 * attempts + 1:]
+    target = (min_area + (max_area - min_area) * area_u) * size * size
+    log_lo, log_hi = math.log(min_aspect), math.log(1 / min_aspect)
+    aspect = tf.exp(log_lo + (log_hi - log_lo) * aspect_u)
+    h = tf.round(tf.sqrt(target * aspect))
+    w = tf.round(tf.sqrt(target / aspect))
+    fits = (h < size) & (w < size)
+    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    erase = tf.logical_and(coin < prob, tf.reduce_any(fits))
+    bh, bw = h[first], w[first]
+    top = tf.floor(pos_u[0] * (size - bh + 1))
+    left = tf.floor(pos_u[1] * (size - bw + 1))
+    box = tf.cast(tf.stack([top, left, bh, bw]), tf.int32)
+    box = tf.where(erase, box, tf.zeros([4], tf.int32))
+    seed = tf.random.stateless_uniform([], seed=_fold(tf, key, 200), minval=None, maxval=None,
+                                       dtype=tf.int32)
+    return {"erase_box": box, "erase_seed": seed}
 
 
 def _slot(tf, load, fallback):
@@ -208,19 +280,15 @@ class IndexedStream:
     def dataset(self, start_step: int, bad=()):
         tf = self._tf
         bad_t = tf.constant(sorted(bad) or [-1], tf.int64)
-        blank = tf.zeros([self._image_size, self._image_size, self._channels], tf.uint8)
+        empty = blank(tf, self._image_size, self._channels, self._opts)
 
         def element(k):
             epoch, example = self._example(k)
             label = self._labels[example]
-
-            def good():
-                image, box, flipped = self._augment(epoch, example)
-                return _record(tf, image, label, example, box, flipped, True)
             return tf.cond(tf.reduce_any(tf.equal(bad_t, example)),
-                           lambda: _record(tf, blank, label, example, tf.zeros([4]), False,
-                                           False),
-                           good)
+                           lambda: _record(tf, empty, label, example, False),
+                           lambda: _record(tf, self._augment(epoch, example), label, example,
+                                           True))
 
         threads = self._num_workers if self._num_workers > 0 else tf.data.AUTOTUNE
         ds = tf.data.Dataset.range(start_step * self.batch, 2**62).map(
@@ -250,7 +318,7 @@ def tfds_dataset(source, base: str, ids: np.ndarray, *, batch: int, host: int,
     stream_seed = int(np.random.SeedSequence([seed, 2, host]).generate_state(1)[0])
     key = seed_pair(seed)
     examples = source.read(base, int(ids[0]), int(ids[-1]) + 1, ids)
-    fallback_image = tf.zeros([image_size, image_size, source.channels], tf.uint8)
+    empty = blank(tf, image_size, source.channels, opts)
 
     def one_epoch(epoch):
         shuffled = examples.shuffle(shuffle_buffer, seed=stream_seed * 1_000_003 + epoch,
@@ -261,22 +329,18 @@ def tfds_dataset(source, base: str, ids: np.ndarray, *, batch: int, host: int,
         example_key = _fold(tf, key, AUGMENT_STREAM, epoch, example)
 
         def load():
-            image, box, flipped = augment_encoded(tf, data, example_key, image_size,
-                                                  source.channels, opts)
-            return _record(tf, image, label, example, box, flipped, True)
-
-        fallback = _record(tf, fallback_image, label, example, tf.zeros([4]), False, False)
-        return _slot(tf, load, fallback)
+            return _record(tf, augment_encoded(tf, data, example_key, image_size,
+                                               source.channels, opts), label, example, True)
+        return _slot(tf, load, _record(tf, empty, label, example, False))
 
     ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(one_epoch).skip(offset)
     return _finish_dataset(tf, ds.interleave(element, **_parallel(tf, num_workers)), batch,
                            num_workers)
 
 
-def _record(tf, image, label, example, box, flipped, ok):
-    return {"image": image, "label": tf.cast(label, tf.int32), "id": tf.cast(example, tf.int32),
-            "crop_box": tf.cast(box, tf.float32), "flipped": tf.cast(flipped, tf.bool),
-            "ok": tf.constant(ok)}
+def _record(tf, aug, label, example, ok):
+    return dict(aug, label=tf.cast(label, tf.int32), id=tf.cast(example, tf.int32),
+                ok=tf.constant(ok))
 
 
 def _parallel(tf, num_workers: int) -> dict:
