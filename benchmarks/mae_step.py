@@ -4,6 +4,7 @@
       [--dtype float32|bfloat16] [--steps N] [--warmup N] [--batch_size B]
       [--peak_flops F] [--peer torch [--torch_compile] [--rounds R]]
       [--masking random|amt|both] [--compare [--rounds R]] [--pipelined]
+      [--data folder:PATH [--pipeline tf|python] [--num_workers N]]
 
 The step is the project's own: ``train.make_train_step`` over ``methods.get(workload.method)``
 ("mae", or "mixmim" for the ``mixmim_*`` workloads), AdamW from ``optim.make_optimizer``,
@@ -21,6 +22,8 @@ instead (amt.md: r 0.45 / t 0.40, the weights drawn from a random attention cach
 ``--compare`` times the listed workloads (default: base224 and mixmim_b224, i.e. MAE ViT-B/16
 and MixMIM-B) in alternating rounds, each in its own worker process (its own peak memory), and
 adds a line of ratios against the first MAE workload, e.g. ``mixmim_over_mae_images_per_sec``.
+``--data SPEC`` adds a line for the same step fed by the input pipeline from a real dataset
+(``data_over_synthetic``: below 1 when the step waits for its input).
 See README.md.
 """
 
@@ -386,6 +389,43 @@ def load_average():
   return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
+def real_data_row(jx: "JaxStep", args, synthetic: dict) -> dict:
+  """The same compiled step fed by the input pipeline (``--data``, ``--pipeline``) through
+  ``device_prefetch``, as training is: ``args.steps`` steps dispatched back to back after one
+  untimed batch; ``data_over_synthetic`` = its images/s over the synthetic batch's, below 1
+  when the step waits for input."""
+  c = jx.config.data
+  c.pipeline = args.pipeline
+  c.num_workers = args.num_workers or len(os.sched_getaffinity(0))
+  c.mean, c.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+  it = data.train_iterator(c, args.data, "train", global_batch_size=jx.batch_size,
+                           image_size=jx.workload.image_size, seed=0)
+  batches = data.device_prefetch(it, sharding.batch_sharding(jx.mesh), size=c.prefetch)
+  keys = list(jx.batch)
+
+  def step():
+    batch = next(batches)
+    jx.state, jx.metrics = jx.compiled(jx.state, {k: batch[k] for k in keys})
+
+  try:
+    step()
+    jax.block_until_ready(jx.state)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+      step()
+    jax.block_until_ready((jx.state, jx.metrics))
+    seconds = time.perf_counter() - t0
+  finally:
+    batches.close()
+  rate = args.steps * jx.batch_size / seconds
+  return {"workload": jx.workload.name, "data": args.data, "pipeline": args.pipeline,
+          "num_workers": c.num_workers, "steps": args.steps, "batch_size": jx.batch_size,
+          "data_images_per_sec": rate,
+          "synthetic_images_per_sec": synthetic["images_per_sec"],
+          "data_over_synthetic": rate / synthetic["images_per_sec"],
+          "skipped_images": int(getattr(it, "skipped_images", 0))}
+
+
 def bench_workload(w: Workload, args):
   """The JSON rows of one workload: mim_jax, and with --peer torch, torch and the ratio."""
   load_1m = load_average()
@@ -417,6 +457,8 @@ def bench_workload(w: Workload, args):
 
     jax_line = jax_row(jx.ready(), jx.info(), jax_times, args, peak, peak_source, load_1m)
     rows = [jax_line]
+    if args.data:
+      rows.append(real_data_row(jx, args, jax_line))
     if peer:
       common = {"workload": w.name, "method": w.method, "dtype": args.dtype,
                 "batch_size": jx.batch_size, "steps": args.steps, "warmup": args.warmup,
@@ -571,6 +613,13 @@ def parse_args(argv=None):
                   help="time the workloads in alternating rounds, each in its own process, "
                        "and add a line of ratios (default workloads: "
                        f"{' and '.join(COMPARE_DEFAULT)}, MAE ViT-B/16 and MixMIM-B)")
+  ap.add_argument("--data", default="",
+                  help="also train the step from real batches of this dataset (e.g. "
+                       "folder:PATH) and add a line against the synthetic batch's images/s")
+  ap.add_argument("--pipeline", choices=["python", "tf"], default="tf",
+                  help="with --data: config.data.pipeline")
+  ap.add_argument("--num_workers", type=int, default=0,
+                  help="with --data: config.data.num_workers (0: one per core)")
   ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # --compare's worker
   args = ap.parse_args(argv)
   if args.steps < 1 or args.warmup < 0:
