@@ -1,15 +1,16 @@
 """Images/s of mim_jax's training iterator against a plain tf.data reference, per core count.
 
   python -m benchmarks.input_pipeline [--folder PATH | --generate N] [--tfds NAME --data_dir D]
-      [--cores 1,2] [--pipelines python,tf] [--batch_size 64] [--image_size 224]
+      [--cores 1,2] [--pipelines python,tf,tf_no_antialias] [--batch_size 64] [--image_size 224]
       [--batches 20] [--rounds 2]
 
 Workloads: a folder of JPEGs (``--folder``, or ``--generate N`` ImageNet-like ones: 330-500 px,
 smooth colour fields plus noise, quality 90, written once under /tmp) and, with ``--tfds``, a
-prepared TFDS dataset. For each core count k, each measurement runs in its own process pinned
+prepared TFDS dataset (``--tfds generate``: those JPEGs written as one, ``mim_bench_jpegs``). For each core count k, each measurement runs in its own process pinned
 to k cores (``os.sched_setaffinity``):
 
-* ``reference``: the plain tf.data map the input-pipeline issue measured: read the file,
+* ``reference``: the plain tf.data map the input-pipeline issue measured: read the file (TFDS:
+  the encoded image of the record),
   ``sample_distorted_bounding_box`` (area 0.2-1, ratio 3/4-4/3), ``decode_and_crop_jpeg``,
   bicubic resize, random flip, batch; ``num_parallel_calls`` = k, a private pool of k threads;
 * ``python`` / ``tf`` / ``tf_no_antialias``: ``data.train_iterator`` with ``data.pipeline``
@@ -35,6 +36,7 @@ import numpy as np
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GENERATED = "/tmp/mim_jax_bench_jpegs"
+GENERATED_TFDS = "/tmp/mim_jax_bench_tfds"
 
 
 def generate_folder(n: int, root: str = GENERATED) -> str:
@@ -56,11 +58,50 @@ def generate_folder(n: int, root: str = GENERATED) -> str:
   return root
 
 
-def _reference_batches(files, batch, image_size, cores):
-  import tensorflow as tf
+def generate_tfds(folder: str, data_dir: str = GENERATED_TFDS) -> str:
+  """The generated JPEGs as a prepared TFDS dataset ``mim_bench_jpegs`` in ``data_dir`` (the
+  JPEG bytes as they are; kept between runs). Readers find it by name in ``data_dir`` without
+  this builder class."""
+  import tensorflow_datasets as tfds
 
-  def load(path):
-    encoded = tf.io.read_file(path)
+  class MimBenchJpegs(tfds.core.GeneratorBasedBuilder):
+    """The benchmark's JPEG folder, as TFDS records."""
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(encoding_format="jpeg"),
+          "label": tfds.features.ClassLabel(num_classes=10)}))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      from mim_jax.data import sources
+      source = sources.open_source(f"folder:{folder}", {})
+      labels = source.labels("train")
+      for i in range(source.split_size("train")):
+        yield i, {"image": source.file("train", i), "label": int(labels[i])}
+
+  MimBenchJpegs(data_dir=data_dir).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return data_dir
+
+
+def _reference_batches(dataset, data_dir, batch, image_size, cores):
+  """The plain tf.data map over a folder's files or a TFDS dataset's encoded images."""
+  import tensorflow as tf
+  from mim_jax.data import sources
+  source = sources.open_source(dataset, {"data_dir": data_dir or None})
+  if isinstance(source, sources.TfdsSource):
+    encoded_images = source.read("train", 0, source.split_size("train")).map(
+        lambda encoded, label, i: encoded)
+  else:
+    files = [source.file("train", i) for i in range(source.split_size("train"))]
+    encoded_images = tf.data.Dataset.from_tensor_slices(files).map(tf.io.read_file)
+
+  def load(encoded):
     shape = tf.image.extract_jpeg_shape(encoded)
     begin, size, _ = tf.image.sample_distorted_bounding_box(
         shape, tf.zeros([0, 0, 4]), area_range=(0.2, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
@@ -72,7 +113,7 @@ def _reference_batches(files, batch, image_size, cores):
 
   options = tf.data.Options()
   options.threading.private_threadpool_size = cores
-  ds = tf.data.Dataset.from_tensor_slices(files).repeat().shuffle(1000, seed=0)
+  ds = encoded_images.repeat().shuffle(1000, seed=0)
   ds = ds.map(load, num_parallel_calls=cores).batch(batch, drop_remainder=True).prefetch(2)
   return iter(ds.with_options(options))
 
@@ -94,10 +135,8 @@ def measure(args) -> dict:
   cores = int(args.cores)
   os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
   if args.pipeline == "reference":
-    from mim_jax.data import sources
-    source = sources.open_source(args.dataset, {"data_dir": None})
-    files = [source.file("train", i) for i in range(source.split_size("train"))]
-    it = _reference_batches(files, args.batch_size, args.image_size, cores)
+    it = _reference_batches(args.dataset, args.data_dir, args.batch_size, args.image_size,
+                            cores)
   else:
     it = _mim_batches(args.dataset, args.data_dir, args.pipeline, args.batch_size,
                       args.image_size, cores)
@@ -113,7 +152,9 @@ def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--folder", default="", help="a folder dataset (PATH/train/CLASS/*.jpg)")
   ap.add_argument("--generate", type=int, default=2000, help="JPEGs to generate without --folder")
-  ap.add_argument("--tfds", default="", help="also a prepared TFDS dataset, e.g. imagenette")
+  ap.add_argument("--tfds", default="",
+                  help="also a prepared TFDS dataset, e.g. imagenette; 'generate': the JPEGs "
+                       "as a TFDS dataset")
   ap.add_argument("--data_dir", default="", help="TFDS data_dir")
   ap.add_argument("--cores", default="", help="core counts, e.g. 1,2 (default: 1 .. all)")
   ap.add_argument("--pipelines", default="python,tf,tf_no_antialias",
@@ -131,8 +172,11 @@ def main(argv=None):
     return 0
   available = len(os.sched_getaffinity(0))
   cores = [int(k) for k in args.cores.split(",")] if args.cores else list(range(1, available + 1))
-  workloads = [("folder", f"folder:{args.folder or generate_folder(args.generate)}", "")]
-  if args.tfds:
+  folder = args.folder or generate_folder(args.generate)
+  workloads = [("folder", f"folder:{folder}", "")]
+  if args.tfds == "generate":
+    workloads.append(("tfds (generated)", "tfds:mim_bench_jpegs", generate_tfds(folder)))
+  elif args.tfds:
     workloads.append((f"tfds:{args.tfds}", f"tfds:{args.tfds}", args.data_dir))
   pipelines = ["reference"] + [p for p in args.pipelines.split(",") if p]
   for name, dataset, data_dir in workloads:
@@ -140,8 +184,6 @@ def main(argv=None):
     for k in cores:
       for _ in range(args.rounds):
         for pipeline in pipelines:
-          if pipeline == "reference" and not dataset.startswith("folder:"):
-            continue   # the reference reads files
           cmd = [sys.executable, "-m", "benchmarks.input_pipeline", "--measure",
                  "--pipeline", pipeline, "--dataset", dataset, "--data_dir", data_dir,
                  "--cores", str(k), "--batch_size", str(args.batch_size),

@@ -372,32 +372,42 @@ def _pipeline_kind(data_config) -> str:
 
 
 class _TfTrainIterator(BatchIterator):
-    """Training stream built by tf.data (``tf_pipeline``); fills the slots of unreadable images
+    """Training stream built by tf.data (``tf_pipeline``): fills the slots of unreadable images
     with the next readable image of the batch. Images are uint8: ``image_normalization``
-    (scale, shift) is applied on the device by ``device_prefetch``. With ``stream`` (an
-    ``IndexedStream``), a batch that fails on an unreadable image has it found and marked, and
-    the stream is rebuilt from that step."""
+    (scale, shift) is applied on the device by ``device_prefetch``. A batch that fails on an
+    unreadable image is recovered from the stream: an ``IndexedStream`` names the bad images
+    and is rebuilt with them marked; a ``TfdsStream`` gives that batch again with per-image
+    error handling and goes on from the next step."""
 
-    def __init__(self, dataset, describe, normalization, stream=None, start_step=0):
+    def __init__(self, stream, start_step, describe, normalization):
         super().__init__(0)
-        self._raw = dataset.as_numpy_iterator()
+        self._stream, self._step, self._bad = stream, start_step, set()
+        self._raw = stream.dataset(start_step).as_numpy_iterator()
         self._describe = describe  # id -> what to name in the log
         self.image_normalization = normalization
-        self._stream, self._step, self._bad = stream, start_step, set()
+
+    def _recover(self):
+        """The batch of ``self._step`` despite an unreadable image in it (else re-raises)."""
+        if hasattr(self._stream, "unreadable"):
+            found = self._stream.unreadable(self._step) - self._bad
+            if not found:
+                raise
+            self._bad |= found
+            self._raw = self._stream.dataset(self._step, self._bad).as_numpy_iterator()
+            return next(self._raw)
+        batch = next(self._stream.dataset(self._step, safe=True).as_numpy_iterator())
+        if batch["ok"].all():
+            raise
+        self._raw = self._stream.dataset(self._step + 1).as_numpy_iterator()
+        return batch
 
     def __next__(self):
-        while True:
-            try:
-                batch = next(self._raw)
-                break
-            except Exception as e:  # pylint: disable=broad-except
-                if self._stream is None or isinstance(e, StopIteration):
-                    raise
-                found = self._stream.unreadable(self._step) - self._bad
-                if not found:
-                    raise
-                self._bad |= found
-                self._raw = self._stream.dataset(self._step, self._bad).as_numpy_iterator()
+        try:
+            batch = next(self._raw)
+        except StopIteration:
+            raise
+        except Exception:  # pylint: disable=broad-except
+            batch = self._recover()
         self._step += 1
         ok = batch.pop("ok")
         if not ok.all():
@@ -440,18 +450,17 @@ def train_iterator(data_config, dataset: str, split: str | subsets.Subset, *,
 
         norm = tf_pipeline.normalization(opts, _channels(source, base))
         common = dict(image_size=image_size, opts=opts, seed=_seed(seed),
-                      start_step=int(start_step), num_workers=num_workers)
+                      num_workers=num_workers)
         if isinstance(source, sources_lib.TfdsSource):
-            ds = tf_pipeline.tfds_dataset(
+            stream = tf_pipeline.TfdsStream(
                 source, base, ids, batch=batch, host=process_index,
                 shuffle_buffer=int(data_config.get("shuffle_buffer", 10000)), **common)
-            return _TfTrainIterator(ds, _describer(source, base), norm)
-        _, all_ids = subsets.resolve(split, source)   # every host's: one global order
-        start = common.pop("start_step")
-        stream = tf_pipeline.IndexedStream(source, base, all_ids, global_batch=global_batch_size,
-                                           host=process_index, hosts=process_count, **common)
-        return _TfTrainIterator(stream.dataset(start), _describer(source, base), norm,
-                                stream=stream, start_step=start)
+        else:
+            _, all_ids = subsets.resolve(split, source)   # every host's: one global order
+            stream = tf_pipeline.IndexedStream(source, base, all_ids,
+                                               global_batch=global_batch_size,
+                                               host=process_index, hosts=process_count, **common)
+        return _TfTrainIterator(stream, int(start_step), _describer(source, base), norm)
     kwargs = dict(batch=batch, image_size=image_size, opts=opts, seed=_seed(seed),
                   start_step=int(start_step), process_index=process_index,
                   num_workers=num_workers)

@@ -1,6 +1,6 @@
 """Batches built by tf.data (``data.pipeline = "tf"``): reading, decoding, crop, resize and flip
 run in TensorFlow's C++ threads, outside the Python interpreter lock, so they scale with cores.
-Training (``IndexedStream`` for folder and in-memory sources, ``tfds_dataset``) and evaluation
+Training (``IndexedStream`` for folder and in-memory sources, ``TfdsStream``) and evaluation
 (``eval_dataset``). JPEGs are decoded with ``decode_and_crop_jpeg`` (only the crop's blocks);
 other formats are decoded whole, then cropped. The resize is TensorFlow's antialiased bicubic, which
 is PIL's (the Python pipeline's, torchvision's) to ~0.005 of a grey level; ``data.antialias =
@@ -34,8 +34,9 @@ ratio, the first that fits, else the centred fallback), the same arithmetic as
 
 An unreadable image (missing file, corrupted bytes) leaves its slot to the next readable image
 of the same batch (its crop and flip too); it is counted in ``skipped_images`` and logged once
-(folder / in-memory: see ``IndexedStream``; TFDS and evaluation: each image is decoded inside a
-one-element dataset whose errors are ignored, with a flagged blank as the fallback).
+(training: see ``IndexedStream`` and ``TfdsStream``, whose common path has no per-image error
+handling; evaluation: each image is decoded inside a one-element dataset whose errors are
+ignored, with a flagged blank as the fallback).
 RandAugment (timm's, on the uint8 crop) runs the project's PIL implementation per image from
 tf.data (``numpy_function``; PIL works outside the interpreter lock), seeded from the example's
 key. Random erasing acts on normalized images, so the host draws each example's box and fill
@@ -307,35 +308,52 @@ class IndexedStream:
         return out
 
 
-def tfds_dataset(source, base: str, ids: np.ndarray, *, batch: int, host: int,
-                 image_size: int, opts, seed: int, start_step: int, num_workers: int,
-                 shuffle_buffer: int):
-    """The tf.data pipeline of this host's batches from a TFDS source (``ids``: this host's
-    part); the order as the Python pipeline's."""
-    tf = sources_lib.import_tensorflow()
-    n = len(ids)
-    first_epoch, offset = divmod(start_step * batch, n)
-    stream_seed = int(np.random.SeedSequence([seed, 2, host]).generate_state(1)[0])
-    key = seed_pair(seed)
-    examples = source.read(base, int(ids[0]), int(ids[-1]) + 1, ids)
-    empty = blank(tf, image_size, source.channels, opts)
+class TfdsStream:
+    """This host's training batches from a TFDS source (``ids``: this host's part), in the
+    Python pipeline's order. ``dataset(step)`` maps each record straight to its image (no
+    per-image error handling); when a batch fails on an unreadable image, ``dataset(step,
+    safe=True)`` gives that one batch with each image decoded in a one-element dataset whose
+    errors are ignored (the bad one flagged, ``ok`` False), and the stream goes on from the
+    next step. Records are the same either way: the stream stays a pure function of (seed,
+    step)."""
 
-    def one_epoch(epoch):
-        shuffled = examples.shuffle(shuffle_buffer, seed=stream_seed * 1_000_003 + epoch,
-                                    reshuffle_each_iteration=False)
+    def __init__(self, source, base: str, ids: np.ndarray, *, batch: int, host: int,
+                 image_size: int, opts, seed: int, num_workers: int, shuffle_buffer: int):
+        tf = self._tf = sources_lib.import_tensorflow()
+        self.batch, self._n = batch, len(ids)
+        self._image_size, self._opts, self._channels = image_size, opts, source.channels
+        self._num_workers, self._shuffle_buffer = num_workers, shuffle_buffer
+        self._stream_seed = int(np.random.SeedSequence([seed, 2, host]).generate_state(1)[0])
+        self._key = seed_pair(seed)
+        self._examples = source.read(base, int(ids[0]), int(ids[-1]) + 1, ids)
+        self._empty = blank(tf, image_size, source.channels, opts)
+        del tf
+
+    def _one_epoch(self, epoch):
+        shuffled = self._examples.shuffle(
+            self._shuffle_buffer, seed=self._stream_seed * 1_000_003 + epoch,
+            reshuffle_each_iteration=False)
         return shuffled.map(lambda data, label, i: (epoch, data, label, i))
 
-    def element(epoch, data, label, example):
-        example_key = _fold(tf, key, AUGMENT_STREAM, epoch, example)
+    def _load(self, epoch, data, label, example):
+        tf = self._tf
+        key = _fold(tf, self._key, AUGMENT_STREAM, epoch, example)
+        return _record(tf, augment_encoded(tf, data, key, self._image_size, self._channels,
+                                           self._opts), label, example, True)
 
-        def load():
-            return _record(tf, augment_encoded(tf, data, example_key, image_size,
-                                               source.channels, opts), label, example, True)
-        return _slot(tf, load, _record(tf, empty, label, example, False))
-
-    ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(one_epoch).skip(offset)
-    return _finish_dataset(tf, ds.interleave(element, **_parallel(tf, num_workers)), batch,
-                           num_workers)
+    def dataset(self, start_step: int, safe: bool = False):
+        tf = self._tf
+        first_epoch, offset = divmod(start_step * self.batch, self._n)
+        ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(self._one_epoch).skip(offset)
+        if safe:
+            def element(epoch, data, label, example):
+                return _slot(tf, lambda: self._load(epoch, data, label, example),
+                             _record(tf, self._empty, label, example, False))
+            ds = ds.take(self.batch).interleave(element, **_parallel(tf, self._num_workers))
+        else:
+            threads = self._num_workers if self._num_workers > 0 else tf.data.AUTOTUNE
+            ds = ds.map(self._load, num_parallel_calls=threads, deterministic=True)
+        return _finish_dataset(tf, ds, self.batch, self._num_workers)
 
 
 def _record(tf, aug, label, example, ok):
