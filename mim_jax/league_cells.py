@@ -345,10 +345,4 @@ def runlocal(c, images: int = 32):
     c.mi_mae.club_start = 2
   if c.optimizer.schedule == "multistep":
     c.optimizer.decay_epochs = ()
-  for group in (c.eval, c.knn, c.probe):
-    group.batch_size = 16
-    group.every_steps = 4
-  c.eval.max_examples = 64
-  c.knn.train_examples = c.knn.test_examples = 64
-  c.probe.train_examples = c.probe.test_examples = 64
-  return c
+  return recipes.tiny_evaluations(c, every_steps=4)

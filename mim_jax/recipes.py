@@ -225,9 +225,15 @@ def shrink_for_cpu(c):
   c.warmup_epochs = 0.0
   c.log_every = 2
   c.checkpoint.every_steps = 5
+  return tiny_evaluations(c, every_steps=10)
+
+
+def tiny_evaluations(c, every_steps: int):
+  """Evaluation, kNN and fast probe of a ``runlocal`` check: batches of 16, every
+  ``every_steps``, on class-stratified draws of 64 examples."""
   for group in (c.eval, c.knn, c.probe):
     group.batch_size = 16
-    group.every_steps = 10
+    group.every_steps = every_steps
   c.eval.max_examples = 64
   c.knn.train_examples = c.knn.test_examples = 64
   c.probe.train_examples = c.probe.test_examples = 64

@@ -71,3 +71,28 @@ def write_tfds_metadata(data_dir, splits, name="mnist"):
         for split, n in splits.items()]))
     builder.info.write_to_directory(builder.data_dir)
     return str(data_dir)
+
+
+def tfds_mock_reader(encoded, size=100):
+    """An ``as_dataset_fn`` for ``tfds.testing.mock_data``: records ``{"image": encoded[i],
+    "label": i % 10}`` of a ``size``-example split, sliced as the split string asks."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    def as_dataset(builder, split, decoders=None, read_config=None, shuffle_files=False):
+        del decoders, read_config, shuffle_files  # the pipeline asks for raw bytes, in order
+        (absolute,) = tfds.core.ReadInstruction.from_spec(str(split)).to_absolute(
+            builder.info.splits)
+        lo, hi = absolute.from_ or 0, absolute.to or size
+        return tf.data.Dataset.from_tensor_slices(
+            {"image": encoded[lo:hi], "label": np.arange(lo, hi, dtype=np.int64) % 10})
+    return as_dataset
+
+
+def constant_png(value, size=28):
+    """PNG bytes of a grey ``size`` x ``size`` image whose every pixel is ``value``."""
+    import io
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((size, size), value, np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()

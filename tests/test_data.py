@@ -10,7 +10,8 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from PIL import Image
 
-from data_helpers import assert_batches_equal, make_config, take
+from data_helpers import (assert_batches_equal, constant_png, make_config, take,
+                          tfds_mock_reader)
 from mim_jax import data
 from mim_jax.data import sources, transforms
 from mim_jax.errors import DatasetError
@@ -256,24 +257,10 @@ def test_tfds_with_mock_data(mnist_metadata):
 
 def test_tfds_ids_match_content_and_corrupted_examples_are_skipped(mnist_metadata, caplog):
     """Fake mnist whose example i is a constant PNG of value i (example 33 is garbage bytes)."""
-    import io
-
-    import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    def png(value):
-        buffer = io.BytesIO()
-        Image.fromarray(np.full((28, 28), value, np.uint8)).save(buffer, format="PNG")
-        return buffer.getvalue()
-
-    encoded = [png(i) if i != 33 else b"not a png" for i in range(100)]
-
-    def as_dataset(builder, split, decoders=None, read_config=None, shuffle_files=False):
-        del decoders, read_config, shuffle_files  # the pipeline asks for raw bytes, in order
-        (absolute,) = tfds.core.ReadInstruction.from_spec(str(split)).to_absolute(builder.info.splits)
-        lo, hi = absolute.from_ or 0, absolute.to or 100
-        return tf.data.Dataset.from_tensor_slices(
-            {"image": encoded[lo:hi], "label": np.arange(lo, hi, dtype=np.int64) % 10})
+    encoded = [constant_png(i) if i != 33 else b"not a png" for i in range(100)]
+    as_dataset = tfds_mock_reader(encoded)
 
     cfg = make_config(data_dir=mnist_metadata, shuffle_buffer=8, mean=(0,), std=(1 / 255,))
     with tfds.testing.mock_data(as_dataset_fn=as_dataset, data_dir=mnist_metadata):
@@ -541,7 +528,6 @@ def test_tfds_crop_box_and_flip(mnist_metadata):
     """Fake mnist of random images of different sizes (example 33 is garbage bytes)."""
     import io
 
-    import tensorflow as tf
     import tensorflow_datasets as tfds
 
     rng = np.random.default_rng(0)
@@ -553,13 +539,7 @@ def test_tfds_crop_box_and_flip(mnist_metadata):
         return buffer.getvalue()
 
     encoded = [png(i) if i != 33 else b"not a png" for i in range(100)]
-
-    def as_dataset(builder, split, decoders=None, read_config=None, shuffle_files=False):
-        del decoders, read_config, shuffle_files
-        (absolute,) = tfds.core.ReadInstruction.from_spec(str(split)).to_absolute(builder.info.splits)
-        lo, hi = absolute.from_ or 0, absolute.to or 100
-        return tf.data.Dataset.from_tensor_slices(
-            {"image": encoded[lo:hi], "label": np.arange(lo, hi, dtype=np.int64) % 10})
+    as_dataset = tfds_mock_reader(encoded)
 
     cfg = make_config(data_dir=mnist_metadata, shuffle_buffer=8)
     opts = transforms.AugmentOptions.from_config(cfg)

@@ -3,14 +3,13 @@ training batches on 1 and 2 hosts and after a restart, crop boxes that reproduce
 (against PIL), torchvision's crop sampling (against the numpy implementation), unreadable images
 skipped and counted (folder and TFDS), evaluation passes equal to the Python pipeline's."""
 
-import io
 import logging
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from data_helpers import assert_batches_equal, make_config, take
+from data_helpers import (assert_batches_equal, constant_png, make_config, take,
+                          tfds_mock_reader)
 from mim_jax import data
 from mim_jax.config import ConfigError
 from mim_jax.data import sources, tf_pipeline, transforms
@@ -149,22 +148,11 @@ def test_unreadable_images_are_skipped_counted_and_logged(image_folder, caplog):
 
 def test_tfds_content_ids_resume_and_a_corrupted_example(mnist_metadata):
   """Fake mnist whose example i is a constant PNG of value i (example 33 is garbage bytes)."""
-  import tensorflow as tf
   import tensorflow_datasets as tfds
 
-  def png(value):
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((28, 28), value, np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
+  encoded = [constant_png(i) if i != 33 else b"not a png" for i in range(100)]
 
-  encoded = [png(i) if i != 33 else b"not a png" for i in range(100)]
-
-  def as_dataset(builder, split, decoders=None, read_config=None, shuffle_files=False):
-    del decoders, read_config, shuffle_files
-    (absolute,) = tfds.core.ReadInstruction.from_spec(str(split)).to_absolute(builder.info.splits)
-    lo, hi = absolute.from_ or 0, absolute.to or 100
-    return tf.data.Dataset.from_tensor_slices(
-        {"image": encoded[lo:hi], "label": np.arange(lo, hi, dtype=np.int64) % 10})
+  as_dataset = tfds_mock_reader(encoded)
 
   cfg = make_config(data_dir=mnist_metadata, shuffle_buffer=8, mean=(0,), std=(1 / 255,), **TF)
   with tfds.testing.mock_data(as_dataset_fn=as_dataset, data_dir=mnist_metadata):
