@@ -130,7 +130,8 @@ def run_cell(cell: Cell, cmd: list) -> dict:
   """Runs (or resumes) one cell; returns its record, also written to its workdir. The wall-clock
   sums every attempt, interrupted ones included as far as they were timed. Status: "done"
   (exit 0 and the trainer's run_status.json says done), "interrupted" (exit 0 without that:
-  stopped by SIGTERM) or "failed"."""
+  stopped by SIGTERM; or killed by the league's SIGTERM before the trainer could catch it) or
+  "failed"."""
   os.makedirs(cell.workdir, exist_ok=True)
   previous = read_cell(cell.workdir)
   status_path = os.path.join(cell.workdir, workdir_lib.RUN_STATUS_NAME)
@@ -147,7 +148,9 @@ def run_cell(cell: Cell, cmd: list) -> dict:
     finally:
       _stop["child"] = None
   tail = ""
-  if rc:
+  if rc == -signal.SIGTERM and _stop["requested"]:
+    status = "interrupted"   # the league's SIGTERM reached the cell before its handler was set
+  elif rc:
     with open(os.path.join(cell.workdir, "league.log")) as f:
       tail = "".join(f.readlines()[-5:]).strip()
     status = "failed"

@@ -171,9 +171,9 @@ def test_cells_run_one_seed_of_every_row_before_more_seeds(tmp_path):
 FAKE_TRAINER = """
 import json, os, signal, sys, time
 workdir = sys.argv[1]
-open(os.path.join(workdir, "started"), "w").close()
 stop = []
 signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+open(os.path.join(workdir, "started"), "w").close()
 for _ in range(int(sys.argv[2]) * 20):
   if stop:
     json.dump({"status": "preempted", "step": 1}, open(os.path.join(workdir, "run_status.json"), "w"))
@@ -212,6 +212,11 @@ def test_a_cell_is_done_only_when_its_trainer_says_so_and_sigterm_stops_the_leag
     record = league.run_cell(cell, cmd(30))
     assert time.time() - t0 < 20 and league._stop["requested"]
     assert record["status"] == "interrupted" and record["exit_status"] == 0
+    # killed by that SIGTERM before its handler was set: interrupted too; on its own: failed
+    killed = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"]
+    assert league.run_cell(cell, killed)["status"] == "interrupted"
+    league._stop["requested"] = False
+    assert league.run_cell(cell, killed)["status"] == "failed"
   finally:
     signal.signal(signal.SIGTERM, old)
     league._stop["requested"] = False
