@@ -2,7 +2,7 @@
 
   python -m benchmarks.input_pipeline [--folder PATH | --generate N] [--tfds NAME --data_dir D]
       [--cores 1,2] [--pipelines python,tf,tf_no_antialias] [--batch_size 64] [--image_size 224]
-      [--batches 20] [--rounds 2]
+      [--batches 20] [--rounds 2] [--mode train|eval]
 
 Workloads: a folder of JPEGs (``--folder``, or ``--generate N`` ImageNet-like ones: 330-500 px,
 smooth colour fields plus noise, quality 90, written once under /tmp) and, with ``--tfds``, a
@@ -16,6 +16,10 @@ to k cores (``os.sched_setaffinity``):
 * ``python`` / ``tf`` / ``tf_no_antialias``: ``data.train_iterator`` with ``data.pipeline``
   set so (the last with ``data.antialias = False``, the reference's resize) and
   ``data.num_workers`` = k (RandomResizedCrop 0.2-1 + flip, normalized float32 batches).
+
+``--mode eval`` times the evaluation iterator instead (one ordered pass: decode, bicubic resize
+of the shorter side to image_size / 0.875, center crop), against a tf.data map doing the same
+(``decode_jpeg``, resize, crop; ordered, no shuffle).
 
 Rounds alternate the pipelines; each reports the median of its rounds' images/s (after one
 untimed batch). Lines: one JSON object per (workload, pipeline, cores), then per workload a
@@ -89,7 +93,7 @@ def generate_tfds(folder: str, data_dir: str = GENERATED_TFDS) -> str:
   return data_dir
 
 
-def _reference_batches(dataset, data_dir, batch, image_size, cores):
+def _reference_batches(dataset, data_dir, batch, image_size, cores, mode="train"):
   """The plain tf.data map over a folder's files or a TFDS dataset's encoded images."""
   import tensorflow as tf
   from mim_jax.data import sources
@@ -111,14 +115,25 @@ def _reference_batches(dataset, data_dir, batch, image_size, cores):
     image = tf.image.resize(image, (image_size, image_size), method="bicubic")
     return tf.image.random_flip_left_right(image)
 
+  def load_eval(encoded):
+    image = tf.image.decode_jpeg(encoded, channels=3)
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    resized = tf.cast(tf.round(hw * (image_size / 0.875) / tf.reduce_min(hw)), tf.int32)
+    image = tf.image.resize(image, resized, method="bicubic")
+    top, left = (resized[0] - image_size) // 2, (resized[1] - image_size) // 2
+    return image[top:top + image_size, left:left + image_size]
+
   options = tf.data.Options()
   options.threading.private_threadpool_size = cores
-  ds = encoded_images.repeat().shuffle(1000, seed=0)
-  ds = ds.map(load, num_parallel_calls=cores).batch(batch, drop_remainder=True).prefetch(2)
+  if mode == "eval":
+    ds = encoded_images.repeat().map(load_eval, num_parallel_calls=cores)
+  else:
+    ds = encoded_images.repeat().shuffle(1000, seed=0).map(load, num_parallel_calls=cores)
+  ds = ds.batch(batch, drop_remainder=True).prefetch(2)
   return iter(ds.with_options(options))
 
 
-def _mim_batches(dataset, data_dir, pipeline, batch, image_size, cores):
+def _mim_batches(dataset, data_dir, pipeline, batch, image_size, cores, mode="train"):
   from mim_jax import config as config_lib
   from mim_jax import data
   c = config_lib.base_config("mae").data
@@ -126,6 +141,9 @@ def _mim_batches(dataset, data_dir, pipeline, batch, image_size, cores):
   c.antialias = not pipeline.endswith("_no_antialias")
   if data_dir:
     c.data_dir = data_dir
+  if mode == "eval":
+    return data.eval_iterator(c, dataset, "train", global_batch_size=batch,
+                              image_size=image_size, process_index=0, process_count=1)
   return data.train_iterator(c, dataset, "train", global_batch_size=batch, image_size=image_size,
                              seed=0, process_index=0, process_count=1)
 
@@ -136,10 +154,10 @@ def measure(args) -> dict:
   os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
   if args.pipeline == "reference":
     it = _reference_batches(args.dataset, args.data_dir, args.batch_size, args.image_size,
-                            cores)
+                            cores, args.mode)
   else:
     it = _mim_batches(args.dataset, args.data_dir, args.pipeline, args.batch_size,
-                      args.image_size, cores)
+                      args.image_size, cores, args.mode)
   next(it)                                   # start-up and the first batch: untimed
   t0 = time.perf_counter()
   for _ in range(args.batches):
@@ -163,6 +181,9 @@ def main(argv=None):
   ap.add_argument("--image_size", type=int, default=224)
   ap.add_argument("--batches", type=int, default=20, help="timed batches per measurement")
   ap.add_argument("--rounds", type=int, default=2)
+  ap.add_argument("--mode", choices=["train", "eval"], default="train",
+                  help="the training iterator (RandomResizedCrop + flip) or the evaluation one "
+                       "(resize + center crop)")
   ap.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)   # the worker
   ap.add_argument("--pipeline", default="", help=argparse.SUPPRESS)   # one measurement's
   ap.add_argument("--dataset", default="", help=argparse.SUPPRESS)
@@ -187,7 +208,8 @@ def main(argv=None):
           cmd = [sys.executable, "-m", "benchmarks.input_pipeline", "--measure",
                  "--pipeline", pipeline, "--dataset", dataset, "--data_dir", data_dir,
                  "--cores", str(k), "--batch_size", str(args.batch_size),
-                 "--image_size", str(args.image_size), "--batches", str(args.batches)]
+                 "--image_size", str(args.image_size), "--batches", str(args.batches),
+                 "--mode", args.mode]
           out = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
           if out.returncode:
             raise SystemExit(f"{pipeline} at {k} cores failed:\n{out.stderr[-3000:]}")
@@ -195,12 +217,12 @@ def main(argv=None):
               json.loads(out.stdout.strip().splitlines()[-1])["images_per_sec"])
     load = os.getloadavg()[0]
     for (pipeline, k), values in sorted(rates.items()):
-      print(json.dumps({"workload": name, "pipeline": pipeline, "cores": k,
+      print(json.dumps({"workload": name, "mode": args.mode, "pipeline": pipeline, "cores": k,
                         "images_per_sec": round(statistics.median(values), 1),
                         "rounds": [round(v, 1) for v in values], "batch_size": args.batch_size,
                         "image_size": args.image_size, "load_after": round(load, 2)}),
             flush=True)
-    summary = {"workload": name, "summary": True}
+    summary = {"workload": name, "mode": args.mode, "summary": True}
     for pipeline in pipelines[1:]:
       for k in cores:
         if (pipeline, k) not in rates:

@@ -156,6 +156,7 @@ SETUP = league_cells.Setup(
     finetune10_steps=250,         # the same steps: 5 epochs of the 6,000
     eval_batch=240,               # evaluation, kNN features, AMT's refresh (divides over 8)
     finetune_mix_aug=False,       # at half an epoch MAE's regularizers keep it from fitting
+    pipeline="python",            # the one the league was measured with (the default then)
     adjust_pretraining=_adjust_pretraining,
 )
 

@@ -52,6 +52,7 @@ class Setup:
   warmup_share: float = 0.1       # of every training run's steps
   fast_probe: tuple = (1000, 2000)  # pre-training's probe: training / evaluation images drawn
   compute_dtype: str = "float32"  # of every cell but MLO-MAE's (its finite differences need fp32)
+  pipeline: str = "tf"            # data.pipeline of every cell
   # fine-tuning with MAE's regularizers (mixup, cutmix, RandAugment, random erasing), made for
   # ~100 epochs; False: crop + flip only (label smoothing, drop path, layer decay kept)
   finetune_mix_aug: bool = True
@@ -157,6 +158,7 @@ def data(c, setup: Setup):
   c.data.crop_scale = tuple(setup.crop_scale)
   c.data.flip = setup.flip
   c.data.eval_crop_pct = 1.0
+  c.data.pipeline = setup.pipeline
   return c
 
 

@@ -41,6 +41,11 @@ HARMLESS = (
     "log_every", "image_every", "checkpoint.", "probe.", "knn.", "eval.", "amt.images",
     "data.num_workers", "data.prefetch", "data.data_dir", "distributed.", "mesh.")
 
+# Keys added after runs had been written without them, whose default is not what those runs
+# did: the value that reproduces such a run. A saved config that lacks one of these ran with
+# this value, not with today's default.
+BEFORE_THE_KEY = {"data.pipeline": "python"}
+
 
 def make(workdir: str) -> str:
   """Creates ``workdir`` (and parents); a WorkdirError if it cannot be created or written."""
@@ -204,12 +209,12 @@ def check_resume(config, workdir: str, step: int) -> list:
                 CONFIG_NAME)
     return []
   changes = config_changes(saved, config)
-  # Keys the saved config lacks (written by an older version) at their default are no change;
-  # keys it has that no longer exist are ignored.
+  # Keys the saved config lacks (written by an older version) at the value such a run had (the
+  # default, or BEFORE_THE_KEY's) are no change; keys it has that no longer exist are ignored.
   old_keys, new_keys = set(_flat(saved)), set(_flat(_plain(config)))
-  defaults = _flat(_plain(config_lib.base_config(config.method)))
-  changes = [(k, old, new) for k, old, new in changes
-             if not (k not in old_keys and new == defaults.get(k)) and k in new_keys]
+  defaults = {**_flat(_plain(config_lib.base_config(config.method))), **BEFORE_THE_KEY}
+  changes = [(k, defaults.get(k) if k not in old_keys else old, new) for k, old, new in changes]
+  changes = [(k, old, new) for k, old, new in changes if old != new and k in new_keys]
   refused = [c for c in changes if not harmless(c[0])]
   if refused:
     lines = "\n".join(f"  {k}: {old!r} -> {new!r}" for k, old, new in refused)

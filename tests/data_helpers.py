@@ -5,11 +5,12 @@ import numpy as np
 
 
 def make_config(**overrides):
-    """A ``config.data`` group with the defaults the data tests start from (augmentations off)."""
+    """A ``config.data`` group with the defaults the data tests start from (augmentations off;
+    the Python pipeline, which test_tf_pipeline overrides)."""
     cfg = ml_collections.ConfigDict(dict(
         data_dir=None, crop_scale=(0.2, 1.0), crop_ratio=(0.75, 1.3333333), flip=True,
         eval_crop_pct=0.875, mean=(0.5,), std=(0.5,), shuffle_buffer=10000, num_workers=2,
-        randaugment="", random_erase=0.0))
+        randaugment="", random_erase=0.0, pipeline="python"))
     cfg.update(overrides)
     return cfg
 

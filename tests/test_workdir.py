@@ -232,7 +232,16 @@ def test_keys_an_older_config_lacks_are_no_change_at_their_default(tmp_path):
   json.dump(saved, open(tmp_path / "config.json", "w"))
   assert workdir_lib.check_resume(c, str(tmp_path), 4) == []
   c.mi_mae.v_lr = 0.5                                 # not the default: a change
-  with pytest.raises(errors.WorkdirError, match=r"mi_mae.v_lr: None -> 0.5"):
+  with pytest.raises(errors.WorkdirError, match=r"mi_mae.v_lr: 0.003 -> 0.5"):
+    workdir_lib.check_resume(c, str(tmp_path), 4)
+  # A key whose default changed after it was added: a saved config without it ran as before.
+  c.mi_mae.v_lr = 3e-3
+  del saved["data"]["pipeline"]
+  json.dump(saved, open(tmp_path / "config.json", "w"))
+  c.data.pipeline = "python"
+  assert workdir_lib.check_resume(c, str(tmp_path), 4) == []
+  c.data.pipeline = "tf"
+  with pytest.raises(errors.WorkdirError, match=r"data.pipeline: 'python' -> 'tf'"):
     workdir_lib.check_resume(c, str(tmp_path), 4)
 
 

@@ -42,10 +42,11 @@ Determinism. The training stream is a pure function of (seed, position):
   ``data.random_erase``), so these are reproduced too, and with both off the
   stream is the same as without them.
 
-With ``data.pipeline = "tf"`` (``tf_pipeline``) the batches are built by tf.data instead,
+With ``data.pipeline = "tf"`` (the default; ``tf_pipeline``) the batches are built by tf.data,
 with their own stream (one global order for folder and in-memory sources, the same batch on any
 number of hosts; per-example stateless draws), uint8 images normalized on the devices; see
-that module. What follows describes the default Python pipeline.
+that module. What follows describes the Python pipeline (``data.pipeline = "python"``, the
+digits configs' choice).
 
 Unreadable images (folder, tfds) are skipped, logged once per file and counted
 in the iterator's ``skipped_images``. In training the slot is filled by the
@@ -362,7 +363,7 @@ def _describer(source, base):
 
 
 def _pipeline_kind(data_config) -> str:
-    kind = data_config.get("pipeline", "python")
+    kind = data_config.get("pipeline", "tf")
     if kind not in ("python", "tf"):
         raise ConfigError(f"data.pipeline must be 'python' or 'tf', got {kind!r}")
     if kind == "python" and not data_config.get("antialias", True):
