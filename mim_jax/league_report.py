@@ -89,10 +89,11 @@ def verdict(table, claim) -> dict:
                         for s in (sa, sb)))
   diff = sa["mean"] - sb["mean"]
   word = ("holds" if diff > 2 * noise else "reversed" if diff < -2 * noise else "not shown")
+  text = f"{word}: {100 * diff:+.1f} +- {100 * noise:.1f} points"
   if noise == 0.0:
     word += " (no seed noise measured)"
-  return {"verdict": word, "diff_points": 100 * diff, "noise_points": 100 * noise,
-          "text": f"{word}: {100 * diff:+.1f} +- {100 * noise:.1f} points"}
+    text = f"{word}: {100 * diff:+.1f} points"
+  return {"verdict": word, "diff_points": 100 * diff, "noise_points": 100 * noise, "text": text}
 
 
 def _fmt(stats, scale=1.0, digits=4):

@@ -160,6 +160,22 @@ def test_interrupted_run_resumes_bit_exact(tmp_path, monkeypatch):
   assert read_metrics(str(tmp_path / "eval"))[-1]["probe/accuracy"] == results["probe/accuracy"]
 
 
+def test_interrupted_run_resumes_bit_exact_with_the_tf_pipeline(tmp_path, monkeypatch):
+  """The same with data.pipeline=tf (the default outside the digits configs): its stream
+  restarts at the checkpoint's step, so the resumed run ends on the same parameters."""
+  c = tiny_config(**{"data.pipeline": "tf", "data.flip": "True"})
+  straight, interrupted = run_straight_and_interrupted(c, tmp_path, monkeypatch, at_batch=5)
+  train.train_and_evaluate(c, interrupted)
+  (s1, a), (s2, b) = final_params(straight, c), final_params(interrupted, c)
+  assert s1 == s2 == 8
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  python = tiny_config(**{"data.flip": "True"})   # another stream: other parameters
+  train.train_and_evaluate(python, str(tmp_path / "python"))
+  _, p = final_params(str(tmp_path / "python"), python)
+  assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(p)))
+
+
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   real = data.train_iterator
 
