@@ -47,7 +47,10 @@ t 0.26 after 20 %, refresh every 20 %), MI-MAE (4 partition views, InfoNCE + CLU
 hierarchical encoder and on the ViT (our plain-ViT variant; mask 0.5 of the 7x7 cells: 24 from the
 partner), MLO-MAE with the official finite-difference hypergradient (masking-network lr
 1e-5 x 16 / 49, scaled for 49 patches: see ``_adjust_pretraining``; not measured). Baselines:
-each encoder at random init (linear probe, kNN), and the ViT trained from scratch with the fine-tune recipe and budget (finetune, finetune10).
+each encoder at random init (linear probe, kNN), and the ViT trained from scratch with the
+fine-tune recipe and budget (finetune, finetune10); the same two for SimMIM's ViT (its block
+options below differ from the plain ViT's; added 2026-12-03, after the first SimMIM rows scored
+far below MAE's: SimMIM's gain or loss is read against its own encoder's baselines).
 
 Protocols. pretrain: the row's method, with a fast probe (draws of 1000 / 2000 images, every
 quarter of the steps) for a curve. linear_probe: MAE's protocol as configs/linear_probe_digits.py

@@ -80,7 +80,18 @@ def _rows():
        ["linear_probe", "knn"], [0]),
       ("supervised", "ViT from scratch (supervised)", "vit", None, ["finetune", "finetune10"],
        [0, 1, 2]),
+      # SimMIM's ViT differs from the plain one (no absolute position table, a relative position
+      # bias, layer scale): its own baselines
+      ("random_simmim_vit", "SimMIM's ViT, random init", "vit", None, ["linear_probe", "knn"],
+       [0]),
+      ("supervised_simmim_vit", "SimMIM's ViT from scratch (supervised)", "vit", None,
+       ["finetune", "finetune10"], [0]),
   )
+
+
+# Baseline rows on the encoder of a pre-training row (its size and block options), not on the
+# setup's plain one.
+ENCODER_OF = {"random_simmim_vit": "simmim", "supervised_simmim_vit": "simmim"}
 
 
 def claims():
@@ -137,7 +148,8 @@ def get_config(setup: Setup, arg=None):
   if arg.protocol == "pretrain":
     c = pretraining(setup, name, base)
   else:
-    pretrained = pretraining(setup, name, base).model if base else None
+    source = name if base else ENCODER_OF.get(name)
+    pretrained = pretraining(setup, source, _row(source)[3]).model if source else None
     c = evaluation(setup, arg.protocol, encoder, pretrained)
   if c.method != "mlo_mae":
     c.compute_dtype = setup.compute_dtype

@@ -112,20 +112,24 @@ def test_matrix(lg):
   rows = module(lg).league()
   names = [r["name"] for r in rows]
   assert names == ["mae", "mae_amt", "simmim", "simmim_amt", "mi_mae", "mi_mae_amt", "mixmim",
-                   "mixmim_vit", "mlo_mae", "random_vit", "random_hierarchical", "supervised"]
+                   "mixmim_vit", "mlo_mae", "random_vit", "random_hierarchical", "supervised",
+                   "random_simmim_vit", "supervised_simmim_vit"]
   evals = ["linear_probe", "knn", "finetune", "finetune10"]
   for r in rows:
     assert set(r) >= {"name", "label", "encoder", "pretrain", "protocols", "seeds", "claims"}
     assert r["encoder"] in ("vit", "hierarchical")
     assert r["pretrain"] == (r["name"] not in ("random_vit", "random_hierarchical",
-                                               "supervised"))
+                                               "supervised", "random_simmim_vit",
+                                               "supervised_simmim_vit"))
     if r["pretrain"]:
       assert r["protocols"] == evals
     assert r["seeds"] == ([0, 1, 2] if r["name"] in ("mae", "supervised") else [0])
   by = {r["name"]: r for r in rows}
   assert by["random_vit"]["protocols"] == by["random_hierarchical"]["protocols"] == [
       "linear_probe", "knn"]
-  assert by["supervised"]["protocols"] == ["finetune", "finetune10"]
+  assert by["supervised"]["protocols"] == by["supervised_simmim_vit"]["protocols"] == [
+      "finetune", "finetune10"]
+  assert by["random_simmim_vit"]["protocols"] == ["linear_probe", "knn"]
   assert [r["name"] for r in rows if r["encoder"] == "hierarchical"] == ["mixmim",
                                                                           "random_hierarchical"]
   for claim in module(lg).claims():
@@ -186,19 +190,24 @@ def test_one_encoder_per_family(lg):
 def test_evaluations_restore_their_rows_encoder(lg):
   """Every evaluation cell of a pre-training row describes the encoder that row pre-trains
   (SimMIM's block options included; its fine-tuning gives each block a copy of the shared
-  relative position table, as SimMIM fine-tunes); the others describe the default ViT."""
+  relative position table, as SimMIM fine-tunes); SimMIM's baselines describe SimMIM's; the
+  others describe the default ViT."""
   default = load("random_vit", "knn", lg=lg).model
+  of = {"random_simmim_vit": "simmim", "supervised_simmim_vit": "simmim"}
   for r, protocol, c in cells(lg):
     if protocol == "pretrain":
       continue
-    if r["pretrain"]:
-      want = {k: load(r["name"], "pretrain", lg=lg).model[k] for k in ENCODER_KEYS}
+    if r["pretrain"] or r["name"] in of:
+      source = of.get(r["name"], r["name"])
+      want = {k: load(source, "pretrain", lg=lg).model[k] for k in ENCODER_KEYS}
     else:
       want = {k: (default[k] if r["encoder"] == "vit" else c.model[k]) for k in ENCODER_KEYS}
     if c.method == "finetune" and want["rel_pos"] == "shared":
       want["rel_pos"] = "per_block"
     assert {k: c.model[k] for k in ENCODER_KEYS} == want, (r["name"], protocol)
   assert load("simmim_amt", "knn", lg=lg).model.rel_pos == "shared"
+  assert load("random_simmim_vit", "knn", lg=lg).model.rel_pos == "shared"
+  assert load("random_simmim_vit", "knn", lg=lg).model.rel_pos != default.rel_pos
   assert load("mixmim_vit", "knn", lg=lg).model.encoder == "vit"
 
 
