@@ -107,7 +107,7 @@ def test_every_config_file_loads_with_its_variants():
 
 
 def test_fine_tune_and_linear_probe_recipes_match_evaluation_md():
-  """The numbers of ../shared/methods/evaluation.md and the official scripts."""
+  """The numbers of docs/methods/evaluation.md and the official scripts."""
   for variant, (epochs, blr, decay, drop) in {"B/16": (100, 5e-4, 0.65, 0.1),
                                               "L/16": (50, 1e-3, 0.75, 0.2),
                                               "H/14": (50, 1e-3, 0.75, 0.3)}.items():
