@@ -113,7 +113,11 @@ def markdown(module, rows, table, claims, name) -> str:
       "pre-training wall-clock (s)", "images/s", "failed cells"]
   lines = [f"# League: {name}", "", (module.__doc__ or "").strip().split("\n\n")[0], "",
            "Accuracies are top-1 fractions of the evaluation split, mean +- standard deviation "
-           "over seeds (their number in brackets; one seed shows the value alone).", "",
+           "over seeds (their number in brackets; one seed shows the value alone). images/s: "
+           "the median training rate of the pre-training run's progress lines, in images read "
+           "(MI-MAE: images, each seen in several views, which its budget counts; MLO-MAE: its "
+           "MAE's images); wall-clock: every attempt of the cell, start-up and evaluations "
+           "included.", "",
            "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
   for row in rows:
     e = table[row["name"]]
