@@ -158,6 +158,10 @@ def measure(args) -> dict:
   else:
     it = _mim_batches(args.dataset, args.data_dir, args.pipeline, args.batch_size,
                       args.image_size, cores, args.mode)
+  passes = getattr(it, "num_batches", None)   # the evaluation iterator: one finite pass
+  if passes is not None and args.batches + 1 >= passes:
+    raise SystemExit(f"--mode eval: one pass is {passes} batches (the last padded); time at "
+                     f"most {passes - 2} (--batches) or use more images")
   next(it)                                   # start-up and the first batch: untimed
   t0 = time.perf_counter()
   for _ in range(args.batches):

@@ -108,7 +108,8 @@ files, 60 steps per row, images/s of the progress lines after compilation (steps
   2 x 270 = 2,300 s. Fine-tune, 250 steps of 120: 13 ViT cells (10 pre-trained + 3 from scratch)
   x (188 + 65) + 1 hierarchical x (333 + 90) = 3,706 s; finetune10 the same: 3,706 s. In all
   21,762 s = 6.0 hours for the 65 cells (11 pre-training runs, 54 evaluations); under the heavy
-  load of a test suite running beside it, ~1.7x that.
+  load of a test suite running beside it, ~1.7x that. SimMIM's two baseline rows, added later,
+  add 4 ViT cells (170 + 160 + 2 x 253 = 836 s): 69 cells, ~6.3 hours.
 
   What it can show: at one small, equal budget (1.6 epochs, 600 steps of 160), which methods
   give a better encoder than random init (kNN at random init: ViT 0.69, hierarchical 0.74 top-1)

@@ -148,15 +148,17 @@ def run_cell(cell: Cell, cmd: list) -> dict:
     finally:
       _stop["child"] = None
   tail = ""
-  if rc == -signal.SIGTERM and _stop["requested"]:
+  finished = workdir_lib.read_run_status(cell.workdir).get("status") == "done"
+  if finished and rc in (0, -signal.SIGTERM):
+    status = "done"          # (a SIGTERM may arrive after the trainer wrote "done")
+  elif rc == -signal.SIGTERM and _stop["requested"]:
     status = "interrupted"   # the league's SIGTERM reached the cell before its handler was set
   elif rc:
     with open(os.path.join(cell.workdir, "league.log")) as f:
       tail = "".join(f.readlines()[-5:]).strip()
     status = "failed"
   else:
-    finished = workdir_lib.read_run_status(cell.workdir).get("status") == "done"
-    status = "done" if finished else "interrupted"
+    status = "interrupted"
   record = {"row": cell.row, "protocol": cell.protocol, "seed": cell.seed,
             "status": status, "exit_status": rc,
             "wall_s": previous.get("wall_s", 0.0) + time.time() - t0,

@@ -199,6 +199,13 @@ def saved_config(workdir: str):
                        f"workdir; restore it, or use another --workdir") from None
 
 
+def _cli_value(value) -> str:
+  """``value`` as a ``--config.key=...`` override writes it."""
+  if isinstance(value, (list, tuple)):
+    return "(" + ",".join(str(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+  return str(value)
+
+
 def check_resume(config, workdir: str, step: int) -> list:
   """Compares ``config`` with the config of the checkpoints being resumed (from ``step``).
   Raises WorkdirError naming every change that alters the run; returns the harmless changes,
@@ -218,10 +225,13 @@ def check_resume(config, workdir: str, step: int) -> list:
   refused = [c for c in changes if not harmless(c[0])]
   if refused:
     lines = "\n".join(f"  {k}: {old!r} -> {new!r}" for k, old, new in refused)
+    as_it_was = " ".join(f"--config.{k}={_cli_value(old)}" for k, old, _ in refused
+                         if old is not None)
     raise WorkdirError(
         f"workdir {workdir!r} holds checkpoints (up to step {step}) of a run with another "
         f"config; these changes would alter that run:\n{lines}\n"
-        f"To resume it, drop those overrides. To train with them, start a new run in another "
+        f"To resume it, drop those overrides, or, where a default changed since the run began, "
+        f"give its old value ({as_it_was}). To train with them, start a new run in another "
         f"--workdir (and --config.init_from={workdir} to start from its weights).")
   for key, old, new in changes:
     log.info("resuming with a changed %s: %r -> %r", key, old, new)

@@ -146,6 +146,11 @@ def test_claim_verdicts_use_the_seed_noise():
       "reversed")
   assert league_report.verdict(table, dict(row="a", than="z", protocol="p"))["verdict"] == (
       "not measured")
+  assert v["text"] == "holds: +5.0 +- 1.2 points"
+  # no row with seeds: the difference alone, said to be without noise
+  single = {"b": table["b"], "c": table["c"]}
+  assert league_report.verdict(single, dict(row="c", than="b", protocol="p"))["text"] == (
+      "holds (no seed noise measured): +4.5 points")
 
 
 def test_cells_run_one_seed_of_every_row_before_more_seeds(tmp_path):
@@ -217,6 +222,12 @@ def test_a_cell_is_done_only_when_its_trainer_says_so_and_sigterm_stops_the_leag
     assert league.run_cell(cell, killed)["status"] == "interrupted"
     league._stop["requested"] = False
     assert league.run_cell(cell, killed)["status"] == "failed"
+    # a SIGTERM after the trainer wrote "done" (during its shutdown): done
+    status = os.path.join(cell.workdir, "run_status.json")
+    done_then_killed = [sys.executable, "-c", (
+        f"import json, os, signal; json.dump({{'status': 'done', 'step': 2}}, open({status!r}, "
+        f"'w')); os.kill(os.getpid(), signal.SIGTERM)")]
+    assert league.run_cell(cell, done_then_killed)["status"] == "done"
   finally:
     signal.signal(signal.SIGTERM, old)
     league._stop["requested"] = False

@@ -43,6 +43,7 @@ class League:
   mae_batch: int               # images per MAE update (MI-MAE: views)
   compute_dtype: str
   mix_aug: bool                # fine-tuning with mixup, cutmix, RandAugment, random erasing
+  pipeline: str = "tf"         # data.pipeline (Fashion-MNIST: python, as it was measured)
 
   @property
   def path(self):
@@ -51,7 +52,7 @@ class League:
 
 FASHION_MNIST = League("league_fashion_mnist.py", "", 60_000, "folder:runs/fashion_mnist", 28,
                        (0.2860,), (0.3530,), (0.35, 1.0), ("tiny_test/4", 128, 4, 4), "mnist28",
-                       96_000, 160, "float32", False)
+                       96_000, 160, "float32", False, "python")
 CIFAR10 = League("league_cifar.py", "", 50_000, "tfds:cifar10", 32, (0.4914, 0.4822, 0.4465),
                  (0.2470, 0.2435, 0.2616), (0.2, 1.0), ("Ti/2", 192, 12, 3), "cifar32",
                  10_240_000, 512, "bfloat16", True)
@@ -165,6 +166,7 @@ def test_data_and_splits_are_the_same_everywhere(lg):
     assert c.data.mean == lg.mean and c.data.std == lg.std
     assert c.data.crop_scale == lg.crop_scale and c.data.flip and c.data.eval_crop_pct == 1.0
     assert c.compute_dtype == ("float32" if c.method == "mlo_mae" else lg.compute_dtype)
+    assert c.data.pipeline == lg.pipeline
     if protocol != "pretrain":
       assert c.eval.split == "evaluation" and c.eval.max_examples == 0
       assert (c.knn.train_split, c.knn.test_split) == ("train", "evaluation")

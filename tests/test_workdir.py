@@ -241,7 +241,9 @@ def test_keys_an_older_config_lacks_are_no_change_at_their_default(tmp_path):
   c.data.pipeline = "python"
   assert workdir_lib.check_resume(c, str(tmp_path), 4) == []
   c.data.pipeline = "tf"
-  with pytest.raises(errors.WorkdirError, match=r"data.pipeline: 'python' -> 'tf'"):
+  with pytest.raises(errors.WorkdirError, match=r"data.pipeline: 'python' -> 'tf'(.|\n)*"
+                                                r"give its old value \(--config.data.pipeline="
+                                                r"python\)"):
     workdir_lib.check_resume(c, str(tmp_path), 4)
 
 
