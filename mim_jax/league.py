@@ -19,6 +19,16 @@ A failed cell is in the table as failed, with its exit status. A cell is done on
 trainer exited 0 *and* wrote "done" in its ``run_status.json`` (a trainer stopped by SIGTERM
 also exits 0, with "preempted" there). SIGTERM to the league is passed on to the running cell,
 which saves a checkpoint; the league then stops, and running it again resumes that cell.
+
+The table's ``league_<name>.json`` (``--results``) is also the league's ledger: every cell's
+result, status, wall-clock and the commit of the code that ran it. A cell whose workdir is gone
+(another machine, a new checkout) is taken from the ledger: done there, it is not run again, and
+``--report`` keeps it. The one exception: a pre-training cell whose evaluations are not all done
+runs again, since they start from its checkpoint. So a league can go on across machines that
+share only the repository: commit the ledger, and a row group (a pre-training cell and its
+evaluations) finished on one machine is never run again on another. ``--hours H`` starts no new
+row group after H hours (the evaluations of a pre-training run in progress still run), so that a
+session of known length ends between groups.
 """
 
 import argparse
@@ -30,6 +40,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Optional
 
 from mim_jax import workdir as workdir_lib
 from mim_jax.metrics import format_duration
@@ -113,6 +124,52 @@ def command(cell: Cell, config_path: str, dataset: str, arg: str = "") -> list:
   return cmd
 
 
+def code_commit() -> str:
+  """The commit of the code running the league (``+changes`` when tracked files differ from
+  it); "" outside a git checkout."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=root, check=True,
+                          capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "mim_jax", "configs"],
+                           cwd=root, capture_output=True).returncode != 0
+  except (OSError, subprocess.CalledProcessError):
+    return ""
+  return head + ("+changes" if dirty else "")
+
+
+def ledger_path(results_dir: str, name: str) -> str:
+  return os.path.join(results_dir, f"league_{name}.json")
+
+
+def read_ledger(results_dir: str, name: str) -> dict:
+  """{(row, seed, protocol): the cell's result} from the table's JSON; {} when there is none."""
+  path = ledger_path(results_dir, name)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    data = json.load(f)
+  return {(r["row"], r["seed"], r["protocol"]): r for r in data.get("cells", [])}
+
+
+def status_of(cell: Cell, ledger: dict) -> str:
+  """The cell's status: its workdir's record where there is one, else the ledger's."""
+  record = read_cell(cell.workdir)
+  if record:
+    return record.get("status", "not run")
+  return ledger.get((cell.row, cell.seed, cell.protocol), {}).get("status", "not run")
+
+
+def needs_running(cell: Cell, todo: list, ledger: dict) -> bool:
+  """Whether to run the cell: it is not done; or it is a pre-training cell done only in the
+  ledger (no checkpoint here) with an evaluation still to run."""
+  if status_of(cell, ledger) != "done":
+    return True
+  if cell.protocol != "pretrain" or read_cell(cell.workdir):
+    return False
+  return any(c.init_from == cell.workdir and status_of(c, ledger) != "done" for c in todo)
+
+
 _stop = {"requested": False, "child": None}
 
 
@@ -161,7 +218,7 @@ def run_cell(cell: Cell, cmd: list) -> dict:
     status = "interrupted"
   record = {"row": cell.row, "protocol": cell.protocol, "seed": cell.seed,
             "status": status, "exit_status": rc,
-            "wall_s": previous.get("wall_s", 0.0) + time.time() - t0,
+            "wall_s": previous.get("wall_s", 0.0) + time.time() - t0, "commit": code_commit(),
             "attempts": previous.get("attempts", 0) + 1, "command": " ".join(cmd),
             "error": tail}
   _write_cell(cell.workdir, record)
@@ -169,37 +226,56 @@ def run_cell(cell: Cell, cmd: list) -> dict:
 
 
 def run(args) -> int:
+  from mim_jax import league_report  # pylint: disable=g-import-not-at-top
   module = load_league(args.config)
   rows = module.league()
   todo = cells(rows, args.workdir, args.only, args.seeds)
+  ledger = read_ledger(args.results, args.name)
   done_s, done_n, failed = 0.0, 0, 0
   t_start = time.time()
   signal.signal(signal.SIGTERM, _on_sigterm)
+  ran_pretraining = set()   # pre-training cells run (or found done here) by this invocation
   for i, cell in enumerate(todo, start=1):
     if _stop["requested"]:
       print(f"league: stopped by SIGTERM before {cell.name}; run it again to go on", flush=True)
       break
-    record = read_cell(cell.workdir)
-    if record.get("status") == "done":
-      print(f"[{i}/{len(todo)}] {cell.name}: done already ({format_duration(record['wall_s'])})",
-            flush=True)
+    if not needs_running(cell, todo, ledger):
+      record = read_cell(cell.workdir) or ledger[(cell.row, cell.seed, cell.protocol)]
+      where = "" if read_cell(cell.workdir) else ", in the ledger"
+      print(f"[{i}/{len(todo)}] {cell.name}: done already ({format_duration(record['wall_s'])}"
+            f"{where})", flush=True)
+      if read_cell(cell.workdir):
+        ran_pretraining.add(cell.workdir)
       continue
-    if cell.init_from and read_cell(cell.init_from).get("status") != "done":
+    if cell.init_from and status_of(Cell(cell.row, "pretrain", cell.seed, cell.init_from),
+                                    ledger) != "done":
       print(f"[{i}/{len(todo)}] {cell.name}: skipped, its pre-training cell is not done",
             flush=True)
+      continue
+    new_group = not cell.init_from or cell.init_from not in ran_pretraining
+    if args.hours is not None and new_group and time.time() - t_start > 3600 * args.hours:
+      print(f"league: --hours {args.hours} have passed; stopped before {cell.name}, between row "
+            f"groups; run it again to go on", flush=True)
+      break
+    if cell.init_from and not read_cell(cell.init_from):
+      print(f"[{i}/{len(todo)}] {cell.name}: skipped, its pre-training is done in the ledger "
+            f"but its checkpoint is not here", flush=True)
       continue
     remaining = len(todo) - i + 1
     eta = "?" if not done_n else format_duration(done_s / done_n * remaining)
     print(f"[{i}/{len(todo)}] {cell.name}: running (league {format_duration(time.time() - t_start)}"
           f" so far, ETA of the rest ~{eta})", flush=True)
     record = run_cell(cell, command(cell, args.config, args.dataset, args.arg))
+    if cell.protocol == "pretrain":
+      ran_pretraining.add(cell.workdir)
     done_s, done_n = done_s + record["wall_s"], done_n + 1
     failed += record["status"] == "failed"
     print(f"[{i}/{len(todo)}] {cell.name}: {record['status']} in "
           f"{format_duration(record['wall_s'])}" +
           (f" (exit {record['exit_status']}; see {cell.workdir}/league.log)"
            if record["status"] == "failed" else ""), flush=True)
-  from mim_jax import league_report
+    # the table (and ledger) after every cell: a machine that goes away keeps what it finished
+    league_report.write(module, rows, args.workdir, args.results, args.name, args.seeds)
   paths = league_report.write(module, rows, args.workdir, args.results, args.name, args.seeds)
   print(f"league: {len(todo)} cells, {failed} failed this time; table: {paths[0]}", flush=True)
   return 0
@@ -217,6 +293,8 @@ def main(argv=None) -> int:
   parser.add_argument("--report", action="store_true", help="only rebuild the table")
   parser.add_argument("--results", default="results", help="where the table and figures go")
   parser.add_argument("--name", default="", help="league_<name>.md (default: the config's)")
+  parser.add_argument("--hours", type=float, default=None,
+                      help="start no new row group after this many hours")
   args = parser.parse_args(argv)
   args.only = [r for r in args.only.split(",") if r]
   args.seeds = [int(s) for s in args.seeds.split(",") if s] or None

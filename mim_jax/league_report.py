@@ -1,4 +1,5 @@
-"""The league's table, its claims and figures, rebuilt from the cells' workdirs alone.
+"""The league's table, its claims and figures, rebuilt from the cells' workdirs (and, for cells
+whose workdir is not here, from the ledger: the table's previous JSON, ``mim_jax/league.py``).
 
 Per cell: the last value of the protocol's metric in ``metrics.jsonl`` (``METRICS``; a league
 config may replace it with its own ``METRICS``), and for a pre-training cell its wall-clock
@@ -40,7 +41,7 @@ def cell_result(cell, metrics) -> dict:
   record = league_lib.read_cell(cell.workdir)
   out = {"row": cell.row, "protocol": cell.protocol, "seed": cell.seed,
          "status": record.get("status", "not run"), "exit_status": record.get("exit_status"),
-         "wall_s": record.get("wall_s")}
+         "wall_s": record.get("wall_s"), "commit": record.get("commit", "")}
   rows = _rows_of(cell.workdir)
   if cell.protocol == "pretrain":
     speeds = [r["images_per_sec"] for r in rows if "images_per_sec" in r]
@@ -181,22 +182,46 @@ def figures(rows, table, results, out_dir, name) -> list:
   return paths
 
 
+def commits_line(results) -> str:
+  """Which code ran the cells: each commit with its number of cells."""
+  counts = {}
+  for r in results:
+    if r["status"] != "not run":
+      key = r.get("commit") or "unrecorded"
+      counts[key] = counts.get(key, 0) + 1
+  if not counts:
+    return ""
+  return "Cells ran at commit " + ", ".join(f"{c} ({n} cells)" for c, n in counts.items()) + "."
+
+
 def write(module, rows, workdir, out_dir, name, seeds=None) -> list:
-  """Writes league_<name>.md, .json and the figures into ``out_dir``; returns their paths."""
+  """Writes league_<name>.md, .json and the figures into ``out_dir``; returns their paths. A
+  cell with no workdir record keeps its ledger entry (the JSON written before); ledger entries
+  of cells outside this table (other seeds) are kept in the JSON."""
   metrics = dict(METRICS, **getattr(module, "METRICS", {}))
-  results = [cell_result(c, metrics) for c in league_lib.cells(rows, workdir, seeds=seeds)]
+  ledger = league_lib.read_ledger(out_dir, name)
+  results = []
+  for c in league_lib.cells(rows, workdir, seeds=seeds):
+    key = (c.row, c.seed, c.protocol)
+    here = league_lib.read_cell(c.workdir)
+    results.append(cell_result(c, metrics) if here or key not in ledger else ledger[key])
   table = summarize(rows, results)
   claims = [(c, verdict(table, c)) for c in (module.claims() if hasattr(module, "claims")
                                                else [])]
   os.makedirs(out_dir, exist_ok=True)
   md = os.path.join(out_dir, f"league_{name}.md")
-  js = os.path.join(out_dir, f"league_{name}.json")
+  js = league_lib.ledger_path(out_dir, name)
   pngs = figures(rows, table, results, out_dir, name)
   text = markdown(module, rows, table, claims, name)
+  commits = commits_line(results)
+  text += f"\n{commits}\n" if commits else ""
   text += "".join(f"\n![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in pngs)
+  shown = {(r["row"], r["seed"], r["protocol"]) for r in results}
+  kept = [r for key, r in ledger.items() if key not in shown]
   with open(md, "w") as f:
     f.write(text)
-  with open(js, "w") as f:
-    json.dump({"table": table, "cells": results,
+  with open(js + ".tmp", "w") as f:
+    json.dump({"table": table, "cells": results + kept,
                "claims": [dict(c, **v) for c, v in claims]}, f, indent=2)
+  os.replace(js + ".tmp", js)
   return [md, js] + pngs

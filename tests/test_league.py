@@ -132,6 +132,66 @@ def test_tiny_league_runs_resumes_reports_failures_and_rebuilds(tmp_path, monkey
   assert open(os.path.join(results, "league_tiny.md")).read() == table_md
 
 
+def _fake_league(tmp_path, monkeypatch, hours_per_cell=0.0):
+  """The tiny league's config, and a run_cell that runs nothing: it writes a done cell (a kNN
+  value from its name) and advances a fake clock; returns (argv without --workdir, calls)."""
+  config = tmp_path / "league_tiny.py"
+  config.write_text(TINY_LEAGUE)
+  calls, clock = [], [1000.0]
+
+  def fake_run_cell(cell, cmd):
+    del cmd
+    calls.append(cell.name)
+    clock[0] += 3600 * hours_per_cell
+    os.makedirs(cell.workdir, exist_ok=True)
+    with open(os.path.join(cell.workdir, "metrics.jsonl"), "w") as f:
+      f.write(json.dumps({"step": 1, "knn/top1": 0.5 + 0.1 * len(cell.row) / 10,
+                          "images_per_sec": 100.0}) + "\n")
+    record = {"row": cell.row, "protocol": cell.protocol, "seed": cell.seed, "status": "done",
+              "exit_status": 0, "wall_s": 2.0, "attempts": 1, "commit": "abc1234", "error": ""}
+    league._write_cell(cell.workdir, record)
+    return record
+  monkeypatch.setattr(league, "run_cell", fake_run_cell)
+  monkeypatch.setattr(league, "time", type("FakeTime", (), {"time": lambda: clock[0]}))
+  return ["--config", str(config), "--results", str(tmp_path / "results")], calls
+
+
+def test_the_ledger_carries_done_cells_to_a_checkout_without_their_workdirs(tmp_path, monkeypatch):
+  argv, calls = _fake_league(tmp_path, monkeypatch)
+  assert league.main(argv + ["--workdir", str(tmp_path / "machine_a")]) == 0
+  assert len(calls) == 4
+  md_path = tmp_path / "results" / "league_tiny.md"
+  table_md = md_path.read_text()
+  assert "Cells ran at commit abc1234 (4 cells)." in table_md
+
+  # Another machine: the workdirs are gone, the ledger (the table's JSON) is there.
+  calls.clear()
+  assert league.main(argv + ["--workdir", str(tmp_path / "machine_b")]) == 0
+  assert calls == [] and md_path.read_text() == table_md
+  md_path.unlink()
+  assert league.main(argv + ["--workdir", str(tmp_path / "machine_b"), "--report"]) == 0
+  assert md_path.read_text() == table_md
+
+  # An evaluation missing from the ledger: its pre-training runs again for the checkpoint.
+  js = tmp_path / "results" / "league_tiny.json"
+  data = json.loads(js.read_text())
+  data["cells"] = [c for c in data["cells"] if (c["row"], c["protocol"]) != ("mae", "knn")]
+  js.write_text(json.dumps(data))
+  assert league.main(argv + ["--workdir", str(tmp_path / "machine_c")]) == 0
+  assert calls == ["mae s0 pretrain", "mae s0 knn"]
+  assert len(json.loads(js.read_text())["cells"]) == 4
+
+
+def test_hours_stop_the_league_between_row_groups(tmp_path, monkeypatch):
+  argv, calls = _fake_league(tmp_path, monkeypatch, hours_per_cell=1.2)
+  assert league.main(argv + ["--workdir", str(tmp_path / "w"), "--hours", "1"]) == 0
+  # MAE's kNN starts past the hour but belongs to the group begun before it; the next row waits
+  assert calls == ["mae s0 pretrain", "mae s0 knn"]
+  calls.clear()
+  assert league.main(argv + ["--workdir", str(tmp_path / "w"), "--hours", "1"]) == 0
+  assert calls == ["random_vit s0 knn"]     # a new group at the start; the next one after 1.2 h
+
+
 def test_claim_verdicts_use_the_seed_noise():
   table = {"a": {"p": {"mean": 0.80, "std": 0.01, "n": 3}},
            "b": {"p": {"mean": 0.75, "std": None, "n": 1}},
