@@ -3,8 +3,8 @@
 Read top to bottom: mesh | schedule and optimizer | state | step function | the run itself
 (data, restore or initialize, evaluators, loop with the method's hooks and stages, logging,
 images, checkpoints, preemption).
-A method (``mim_jax.methods``: a pre-training method or an evaluation protocol) supplies the
-model and its loss; nothing here is specific to one method.
+A method (``mim_jax.methods``: a pre-training method or an evaluation protocol, each a
+``methods.base.Method``) supplies the model and its loss; nothing here is specific to one method.
 """
 
 import contextlib
@@ -65,13 +65,12 @@ def optimizer_for(config, method, schedule, params):
   """The optimizer of ``config.optimizer`` with the method's layer ids and frozen parameters."""
   lr_scales = frozen = None
   if config.optimizer.layer_decay != 1.0:
-    if not hasattr(method, "layer_ids"):
+    if method.layer_ids is None:
       raise ValueError(f"optimizer.layer_decay needs a method with layer ids; "
                        f"{config.method!r} has none")
     ids, num_layers = method.layer_ids(params)
     lr_scales = optim.layer_decay_scales(ids, num_layers, config.optimizer.layer_decay)
-  if hasattr(method, "frozen"):
-    frozen = method.frozen(params)
+  frozen = method.frozen(params)
   return optim.make_optimizer(config.optimizer, schedule, params, lr_scales, frozen)
 
 
@@ -83,8 +82,7 @@ def optimizer_for(config, method, schedule, params):
 def state_initializer(method, tx, base_key, ema: bool = False):
   def init():
     params = method.init(stream_key(base_key, "init", 0))
-    extra = dict(method.init_extra(stream_key(base_key, "init_extra", 0))
-                 if hasattr(method, "init_extra") else {})
+    extra = dict(method.init_extra(stream_key(base_key, "init_extra", 0)))
     if ema:
       extra["ema_params"] = params
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
@@ -101,7 +99,7 @@ def make_train_step(method, tx, schedule, base_key, ema_decay: float = 0.0, stag
   'random' then 'amt' masking with other token counts) gets one step function per stage. A
   method with its own update rule (``method.make_train_step(tx, base_key)``: MLO-MAE's three
   levels) builds its step itself, from the ``tx`` its ``optimizer`` gave."""
-  if hasattr(method, "make_train_step"):
+  if method.make_train_step is not None:
     if ema_decay > 0:
       raise ValueError(f"ema_decay is not supported by {type(method).__name__}'s own train step")
     return method.make_train_step(tx, base_key)
@@ -183,17 +181,16 @@ def _run(config, workdir: str) -> dict:
   info = data.dataset_info(config.data, config.dataset, train_split)
   method = methods.get(config.method)(config, info.channels, num_classes=info.num_classes,
                                       data_info=info)
-  if hasattr(method, "data_streams") and config.train_fraction != 1.0:
+  # The training streams: the train split, or those the method names (MLO-MAE: three). The
+  # first is what epochs count passes over and images/s counts images of.
+  streams = method.data_streams(train_split, config.batch_size)
+  if list(streams) != [""] and config.train_fraction != 1.0:
     raise ConfigError(f"train_fraction is not supported by {config.method!r}, which draws its "
                       f"own parts of train_split")
-  trains = hasattr(method, "loss")
+  trains = method.loss is not None
   if not trains and not config.eval_only:
     raise ConfigError(f"method {config.method!r} trains nothing: run it with "
                       f"--config.eval_only=True")
-  # The training streams: the train split, or those the method names (MLO-MAE: three). The
-  # first is what epochs count passes over and images/s counts images of.
-  streams = (method.data_streams(train_split, config.batch_size)
-             if hasattr(method, "data_streams") else {"": (train_split, config.batch_size)})
   for name, (split, size) in streams.items():
     if size % jax.device_count():
       raise ConfigError(f"the batch of {size} images of stream {name or 'train'!r} does not "
@@ -201,7 +198,7 @@ def _run(config, workdir: str) -> dict:
   main_split, step_images = next(iter(streams.values()))
   main_examples = data.dataset_info(config.data, config.dataset, main_split).num_examples
   # An epoch is a pass over that split, or the share of it a method says (MI-MAE).
-  epoch_examples = max(1, round(main_examples * getattr(method, "epoch_fraction", 1.0)))
+  epoch_examples = max(1, round(main_examples * method.epoch_fraction))
   schedule, total_steps = schedule_for(config, epoch_examples, step_images)
   base_key = jax.random.key(config.seed)
   abstract_params = jax.eval_shape(method.init, stream_key(base_key, "init", 0))
@@ -209,7 +206,7 @@ def _run(config, workdir: str) -> dict:
   # optimizers (MLO-MAE) builds them for the run's length.
   if config.eval_only:
     tx = optax.set_to_zero()
-  elif hasattr(method, "optimizer"):
+  elif method.optimizer is not None:
     tx = method.optimizer(schedule, total_steps)
   else:
     tx = optimizer_for(config, method, schedule, abstract_params)
@@ -286,13 +283,13 @@ def _run(config, workdir: str) -> dict:
                random_init["probe/random_init_accuracy"], time.time() - t0)
 
     reconstruct = None
-    if hasattr(method, "reconstruct"):
+    if method.reconstruct is not None:
       vis_images = _visualization_batch(config, batched)
       reconstruct = jax.jit(method.reconstruct, out_shardings=replicated)
     step_fns = {}  # one jitted step per stage of the method (most methods have one)
 
     def step_fn_at(step):
-      stage = method.stage(step) if hasattr(method, "stage") else None
+      stage = method.stage(step)
       if stage not in step_fns:
         step_fns[stage] = jit_train_step(
             make_train_step(method, tx, schedule, base_key, config.ema_decay, stage), mesh,
@@ -300,7 +297,7 @@ def _run(config, workdir: str) -> dict:
       return step_fns[stage]
 
     # Hooks run before the step they are due at (AMT's attention refresh).
-    hooks = method.step_hooks(mesh) if hasattr(method, "step_hooks") else []
+    hooks = method.step_hooks(mesh)
     train_its = {name: data.train_iterator(config.data, config.dataset, split,
                                            global_batch_size=size, image_size=config.image_size,
                                            seed=_stream_seed(config.seed, name), start_step=start)
@@ -332,7 +329,7 @@ def _run(config, workdir: str) -> dict:
         elapsed = time.time() - window_start - excluded
         row["images_per_sec"] = window_steps * step_images / max(elapsed, 1e-9)
         eta = (total_steps - step) * elapsed / window_steps
-        extra = {k: means[k] for k in getattr(method, "progress_keys", ()) if k in means}
+        extra = {k: means[k] for k in method.progress_keys if k in means}
         log.info(progress_line(step, total_steps, means["loss"], means["lr"],
                                row["images_per_sec"], eta, extra))
       writer.write(step, row)
@@ -385,7 +382,7 @@ def _run(config, workdir: str) -> dict:
       ckpt.raise_if_failed()
       if window_start is None:  # the first step includes compilation: time from its end
         jax.block_until_ready(m["loss"])
-        stage = method.stage(step - 1) if hasattr(method, "stage") else None
+        stage = method.stage(step - 1)
         log.info("first step%s done (compiled) in %s", "" if stage is None else f" of {stage!r}",
                  format_duration(time.time() - (t_start if step == start + 1 else t_step)))
         window_start = time.time()
@@ -441,7 +438,7 @@ def _run(config, workdir: str) -> dict:
 
 def _initialize_from(config, method, state, abstract_state, shardings, mesh):
   """Puts the weights of ``config.init_from``'s checkpoint into a freshly initialized state."""
-  if hasattr(method, "load_pretrained"):  # on host copies: gather what fsdp shards first
+  if method.load_pretrained is not None:  # on host copies: gather what fsdp shards first
     params, extra = jax.device_get(jax.jit(lambda t: t, out_shardings=sharding.replicated(mesh))(
         (state["params"], state["extra"])))
     step, params, extra, what = method.load_pretrained(params, extra, config.init_from,

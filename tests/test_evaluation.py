@@ -13,6 +13,7 @@ import pytest
 from mim_jax import checkpoint as ckpt_lib
 from mim_jax import config as config_lib
 from mim_jax import methods, optim, train
+from mim_jax.methods.base import Method
 from mim_jax.models.posembed import sincos_2d
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -232,7 +233,7 @@ def test_finetune_linear_probe_knn_end_to_end(pretrained, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-class _Toy:
+class _Toy(Method):
   """params w; loss |w - x|^2; extra counts the steps (state the optimizer does not touch)."""
   rng_streams = ()
 

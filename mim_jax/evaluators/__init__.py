@@ -11,14 +11,14 @@ def build(config, method, mesh, num_classes: int) -> list:
   from mim_jax.evaluators.knn_eval import KnnEvaluator
   from mim_jax.evaluators.probe import FastProbe
   out = []
-  if hasattr(method, "logits"):
+  if method.logits is not None:
     out.append(ClassifierEvaluator(config, method, mesh))
   if config.knn.enabled:
     out.append(KnnEvaluator(config, method, mesh, num_classes))
   if config.probe.enabled:
     out.append(FastProbe(config, method, mesh))
   # The evaluators' splits are found now, so that a missing one stops the run before it trains.
-  splits = ([config.eval.split] if hasattr(method, "logits") else []) + (
+  splits = ([config.eval.split] if method.logits is not None else []) + (
       [config.knn.train_split, config.knn.test_split] if config.knn.enabled else []) + (
       [config.probe.train_split, config.probe.test_split] if config.probe.enabled else [])
   for split in splits:

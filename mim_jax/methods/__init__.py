@@ -1,39 +1,13 @@
 """Methods: what a run trains. Pre-training methods (a model, a masking and a loss) and the
 evaluation protocols (fine-tune, linear probe, kNN), each a small class.
 
-A method ``Method(config, channels, num_classes, data_info)`` (``data_info``: the training split's
-``data.DatasetInfo``) gives the generic trainer (``mim_jax.train``):
-  ``default_model_config()``  (static) the ``config.model`` group it reads;
-  ``init(rng)``               -> params (trained by the optimizer);
-  ``rng_streams``             names of the per-step RNG streams ``loss`` uses;
-  ``loss(params, extra, batch, rngs)`` -> (scalar loss, (dict of scalar metrics, extra));
-  ``features(params, images, pool)``   -> [B, D] encoder features for the evaluators;
-and optionally:
-  ``init_extra(rng)``         -> dict of state that is not trained (BatchNorm statistics, ...);
-  ``reconstruct(params, images, rng)`` -> dict of image batches for the PNG grid;
-  ``logits(params, extra, images)``    -> [B, classes] (turns on the top-1 / top-5 evaluator);
-  ``layer_ids(params)``       -> (pytree of layer ids, num_layers) for ``optimizer.layer_decay``;
-  ``frozen(params)``          -> pytree of bools: parameters the optimizer leaves alone;
-  ``load_pretrained(params, extra, workdir, step)`` -> (step, params, extra, what) for
-                                 ``init_from`` (default: the whole params tree, checked);
-  ``stage(step)``             -> a name: methods whose step changes shape during the run (AMT:
-                                 'random', then 'amt') get one jitted step per stage, and their
-                                 ``loss`` takes ``stage=``;
-  ``epoch_fraction``          the share of the training split one configured epoch covers (MI-MAE
-                                 with epochs counted in views: 1 / N; default 1);
-  ``step_hooks(mesh)``        -> hooks run before the step they are ``due(step)`` at:
-                                 ``run(state, step, rng) -> (state, metrics, images)`` (AMT's
-                                 attention refresh);
-  ``data_streams(train_split, batch_size)`` -> {name: (split, global batch)}: several training
-                                 streams, each batch then {name: batch}; the first is what epochs
-                                 and images/s count (MLO-MAE's three levels);
-  ``optimizer(schedule, total_steps)`` -> an object with ``init(params)`` (the ``opt_state``),
-                                 replacing ``config.optimizer``'s; and with it
-  ``make_train_step(tx, base_key)`` -> the method's own ``train_step(state, batch) -> (state,
-                                 metrics with loss, grad_norm, lr)`` (MLO-MAE's rounds);
-  ``progress_keys``           metrics shown on the progress line after the loss.
-A method without ``loss`` (kNN) only evaluates: it runs with ``eval_only``.
-Every method keeps its encoder under ``params["encoder"]``.
+Each subclasses ``mim_jax.methods.base.Method``, the contract with the generic trainer
+(``mim_jax.train``): the members every method has (``default_model_config``, ``init``,
+``rng_streams``, ``features``), the capabilities a method may have (``loss``, ``reconstruct``,
+``logits``, ``layer_ids``, ``load_pretrained``, its own ``optimizer`` and ``make_train_step``) and
+the hooks with defaults (``init_extra``, ``frozen``, ``stage``, ``step_hooks``, ``data_streams``,
+``epoch_fraction``, ``progress_keys``). A method without ``loss`` (kNN) only evaluates: it runs
+with ``eval_only``.
 """
 
 import importlib

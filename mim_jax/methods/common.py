@@ -7,11 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from mim_jax import pretrained
+from mim_jax.methods.base import Method
 from mim_jax.methods.mae import compute_dtype
 from mim_jax.models import encoders
 
 
-class EncoderProtocol:
+class EncoderProtocol(Method):
   """Base of the evaluation protocols; subclasses set ``self.encoder`` and ``self.model``."""
 
   def __init__(self, config, channels: int, num_classes: int, data_info=None):

@@ -3,8 +3,10 @@ and the hooks of the AMT masking strategy (its stages, its cache, its refresh)."
 
 import jax.numpy as jnp
 
+from mim_jax.methods.base import Method
 
-class MaskedPretraining:
+
+class MaskedPretraining(Method):
   """Base of MAE and SimMIM: subclasses set ``encoder`` (an ``EncoderSpec``), ``config`` and
   ``amt`` (an ``amt.AMTMasking``, or None for the method's own masking)."""
 
