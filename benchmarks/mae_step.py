@@ -42,8 +42,9 @@ import numpy as np
 from benchmarks import (INSTALL_HINT, WORKLOADS, Workload, analytic_flops, peak_flops,
                         peak_rss, reset_peak_rss, select)
 from benchmarks.torch_peer import serve
+from mim_jax import data, methods, train
 from mim_jax import config as config_lib
-from mim_jax import data, methods, optim, sharding, train
+from mim_jax.core import optim, sharding
 from mim_jax.models.hierarchical import parse_hier_variant
 from mim_jax.models.vit import parse_variant
 

@@ -33,8 +33,9 @@ import numpy as np
 
 from benchmarks import xla_memory
 from benchmarks.mae_step import JaxStep
+from mim_jax import methods, train
 from mim_jax import config as config_lib
-from mim_jax import methods, optim, sharding, train
+from mim_jax.core import optim, sharding
 from mim_jax.methods.mlo_mae import HYPERGRADS
 
 

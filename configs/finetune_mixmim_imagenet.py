@@ -17,7 +17,7 @@ epochs), 85.1 (600); MixMIM-L 85.9 (600). Classifier size at 224: B 88.34 M para
 (16.35 G multiply-adds), L 197.40 M (35.86 G).
 
 Checkpoints pre-trained with other windows load with every relative position bias table
-resampled to this model's windows (mim_jax.pretrained; PyTorch's bicubic over the (2w - 1)^2
+resampled to this model's windows (mim_jax.interop.pretrained; PyTorch's bicubic over the (2w - 1)^2
 offsets of each head, as MixMIM's own loader, util/pos_embed.py, does): e.g. SimMIM on this
 encoder at 192 px (configs/simmim_imagenet.py:encoder=hierarchical, windows 12 / 12 / 12 / 6,
 tables 23^2 and 11^2) fine-tunes here at 224 px (windows 14 / 14 / 14 / 7, tables 27^2 and 13^2).

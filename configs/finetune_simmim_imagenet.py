@@ -16,7 +16,7 @@ Architecture (the same file): SimMIM's ViT-B/16 with a relative position bias pe
 (USE_RPB; each starts as a copy of the pre-training's shared table), no absolute position
 embedding, layer scale, q/v-only biases, average pooling + fc_norm. A checkpoint pre-trained on
 another patch grid (another image size) loads with each table's (2g - 1)^2 offsets resampled
-bicubically and its three [CLS] entries kept (mim_jax.pretrained; SimMIM's own loader resamples
+bicubically and its three [CLS] entries kept (mim_jax.interop.pretrained; SimMIM's own loader resamples
 with BEiT's geometric spacing and SciPy splines instead, which we do not reproduce).
 """
 

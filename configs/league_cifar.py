@@ -8,7 +8,7 @@
       --workdir runs/mae_cifar100                          # one cell: MAE's CIFAR-100 recipe
 
 ``data=cifar10`` (default) or ``cifar100`` picks the dataset; everything else is the same. The
-rows, protocols and claims are those of configs/league_fashion_mnist.py (mim_jax/league_cells.py
+rows, protocols and claims are those of configs/league_fashion_mnist.py (mim_jax/league/cells.py
 builds both); every pre-training row is its method's digits recipe (mask ratios, AMT's ratios
 and schedule shares, MI-MAE's views and estimators, SimMIM's ViT options, learning rates) with
 this file's data, encoder and budget, as on Fashion-MNIST. Each cell is also the CIFAR recipe of
@@ -56,8 +56,8 @@ order of magnitude to land near, not a target to match):
     (per-dataset numbers not published in what we have).
 """
 
-from mim_jax import league_cells
 from mim_jax.config import choose, parse_arg
+from mim_jax.league import cells as league_cells
 
 PROTOCOLS = league_cells.PROTOCOLS
 # per-channel mean / std of each train split (the usual published values)

@@ -12,7 +12,7 @@ is the matrix (rows, their evaluations and default seeds) that ``python -m mim_j
 runs: each cell an ordinary trainer run with ``--config.seed=S``; an evaluation cell of a
 pre-training row takes ``--config.init_from`` = that row's pre-training cell of the same seed.
 Random-init and supervised rows have no pre-training. The rows and cells are built by
-mim_jax/league_cells.py from ``SETUP`` below (the same rows on every dataset). Online, use
+mim_jax/league/cells.py from ``SETUP`` below (the same rows on every dataset). Online, use
 ``--dataset tfds:fashion_mnist`` (its ``test`` split is the evaluation role); offline, the
 README's Data section converts Debian's IDX files into the folder.
 
@@ -60,7 +60,7 @@ hierarchical encoder has no [CLS]). knn: k 20, cosine, T 0.07, average-pooled fe
 0.75, drop path 0.1, label smoothing 0.1, blr 1e-3) on all 60,000 labelled images, without
 MAE's mixup / cutmix, RandAugment and random erasing (made for ~100 epochs: with them, MAE's
 seed-0 encoder fine-tuned for these 250 steps scored 0.511 top-1, below its 1-epoch linear
-probe's 0.609 and its kNN's 0.785; ``finetune_mix_aug`` in mim_jax/league_cells.py). finetune10: the same recipe and steps on 10 % of the labels: ``train_fraction
+probe's 0.609 and its kNN's 0.785; ``finetune_mix_aug`` in mim_jax/league/cells.py). finetune10: the same recipe and steps on 10 % of the labels: ``train_fraction
 = 0.1``, a class-stratified draw of train (600 images per class, subsets.Subset with seed 0: the
 same images in every row and seed; ``train[:10%]`` would be the first 6,000 files of a folder
 listed class by class: class 0 alone). Evaluation cells of a
@@ -126,7 +126,7 @@ files, 60 steps per row, images/s of the progress lines after compilation (steps
   wall-clock: the table's wall-clock and images/s columns show that cost.
 """
 
-from mim_jax import league_cells
+from mim_jax.league import cells as league_cells
 
 PROTOCOLS = league_cells.PROTOCOLS
 

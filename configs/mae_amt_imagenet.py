@@ -20,7 +20,7 @@ Where the two ratio pairs come from (checked in the released code):
   * The released code slices the cached map with the image size where the cell size belongs
     (mae-AMT/amtdatasets.py, ``maskRandomResizedCrop``), so the map it samples from is nearly
     always the top-left 2x2 cells, stretched. ``faithful_crop_bug=True`` reproduces that; the
-    default aligns the map with the crop box (mim_jax/amt_align.py).
+    default aligns the map with the crop box (mim_jax/masking/amt_align.py).
 
 Shared recipe (the README's command: 4 GPUs x 128 x accum 8 = batch 4096, blr 1.5e-4; the
 script's defaults for the rest): ViT-B/16, 400 epochs, 40 warmup, AdamW (0.9, 0.95), weight decay

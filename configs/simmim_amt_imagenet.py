@@ -20,7 +20,7 @@ starts, with the same mask count, so the first 40 epochs mask 22 random cells (0
 SimMIM's usual 0.6. The released code slices the cached map with the image size where the cell
 size belongs (``maskRandomResizedCrop``, the same slice as in mae-AMT), so it samples from the
 top-left 2x2 cells almost always; ``:released`` reproduces that (``faithful_crop_bug=True``), the
-default aligns the map with the crop box (mim_jax/amt_align.py).
+default aligns the map with the crop box (mim_jax/masking/amt_align.py).
 
 Shared recipe, checked against the yaml and config.py: ViT-B/16 at 224 with an absolute position
 embedding (USE_APE True, a learned table, trunc-normal 0.02) and no relative position bias, layer

@@ -48,7 +48,7 @@ stages and global attention in the last two -- MixMIM-B's layout at 224 px (its 
 do not divide 48). The [MASK] token replaces tokens after the patch LayerNorm, before the
 position table. The probe and kNN pool by averaging (no [CLS]).
 Fine-tuning at 224 with MixMIM-B's windows (14, 14, 14, 7) changes the shape of the relative
-position bias tables (23^2 -> 27^2, 11^2 -> 13^2): mim_jax.pretrained resamples them bicubically
+position bias tables (23^2 -> 27^2, 11^2 -> 13^2): mim_jax.interop.pretrained resamples them bicubically
 on load (PyTorch's bicubic, as MixMIM's loader; SimMIM's own Swin loader uses BEiT's geometric
 spacing with SciPy splines). To reuse every table as it is, fine-tune at 192 with
 --config.model.window_sizes='(12, 12, 12, 6)' or pre-train at 224 (--config.image_size=224

@@ -17,7 +17,7 @@ import traceback
 
 from ml_collections import ConfigDict
 
-from mim_jax.errors import UserError
+from mim_jax.core.errors import UserError
 
 
 class ConfigError(UserError, ValueError):
@@ -170,7 +170,7 @@ def base_config(method: str = "mae") -> ConfigDict:
   c.init_from = ""               # a workdir whose checkpoint initializes the parameters
   c.init_step = -1               # its step; -1 = latest
   c.eval_only = False            # run the evaluators on the initial parameters and stop
-  # --- devices: the data x fsdp mesh (mim_jax/sharding.py) and multi-host ---
+  # --- devices: the data x fsdp mesh (mim_jax/core/sharding.py) and multi-host ---
   c.mesh = ConfigDict(dict(
       fsdp=1,                    # devices per parameter shard group; 1 = plain data parallelism
       rules=((".*", "fsdp"),),   # (regex over state paths, 'fsdp' | 'replicate'), first match

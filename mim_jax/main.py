@@ -1,6 +1,6 @@
 """Entry point: python -m mim_jax.main --config configs/X.py[:args] --workdir DIR [--config.k=v ...]
 
-Exit statuses (``mim_jax.errors``): 0 done, or stopped by SIGTERM (a checkpoint saved: run the
+Exit statuses (``mim_jax.core.errors``): 0 done, or stopped by SIGTERM (a checkpoint saved: run the
 same command again to resume); 2 a user error (config, dataset, workdir, checkpoint to start
 from), reported in one message on stderr; 3 a non-finite loss; 4 a checkpoint or another file
 could not be written (disk full); 1 anything else (a bug: its traceback is printed).
@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from mim_jax import config as config_lib
-from mim_jax import errors, library_noise, preemption
+from mim_jax.core import errors, library_noise, preemption
 
 USAGE = ("python -m mim_jax.main --config configs/X.py[:arg=value,...] --workdir DIR "
          "[--config.key=value ...]")

@@ -23,22 +23,24 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from mim_jax import checkpoint as ckpt_lib
+from mim_jax import data, evaluation, methods
 from mim_jax import config as config_lib
-from mim_jax import data, evaluators, methods, optim, preemption, pretrained, sharding, visualize
-from mim_jax import workdir as workdir_lib
 from mim_jax.config import ConfigError
-from mim_jax.errors import NonFiniteLossError, WriteError, write_failure
-from mim_jax.metrics import MetricLogger, format_duration, progress_line
+from mim_jax.core import optim, preemption, sharding, visualize
+from mim_jax.core import checkpoint as ckpt_lib
+from mim_jax.core import workdir as workdir_lib
+from mim_jax.core.errors import NonFiniteLossError, WriteError, write_failure
+from mim_jax.core.metrics import MetricLogger, format_duration, progress_line
+from mim_jax.core.rng import stream_key
+from mim_jax.interop import pretrained
 from mim_jax.models import layout
-from mim_jax.rng import stream_key
 
 log = logging.getLogger("mim_jax")
 
 
 # ---------------------------------------------------------------------------------------------
 # Mesh: 'data' x 'fsdp' over every device of every host; batches split over both, the state
-# replicated or sharded over 'fsdp' by config.mesh's rules (mim_jax/sharding.py).
+# replicated or sharded over 'fsdp' by config.mesh's rules (mim_jax/core/sharding.py).
 # ---------------------------------------------------------------------------------------------
 def make_mesh(devices=None, fsdp: int = 1) -> Mesh:
   return sharding.make_mesh(fsdp, devices)
@@ -143,8 +145,8 @@ def _run_status(workdir: str, status: str, step: int) -> None:
 def train_and_evaluate(config, workdir: str) -> dict:
   """Pre-trains (or, with ``eval_only``, evaluates) and returns the final metrics.
 
-  The workdir is locked for the run (``mim_jax.workdir``); SIGTERM is handled from here on
-  (``mim_jax.preemption``) unless the caller already handles it (the entry point does, from its
+  The workdir is locked for the run (``mim_jax.core.workdir``); SIGTERM is handled from here on
+  (``mim_jax.core.preemption``) unless the caller already handles it (the entry point does, from its
   first line)."""
   owns_signal = preemption.install()
   try:
@@ -260,7 +262,7 @@ def _run(config, workdir: str) -> dict:
       if dropped:
         log.info("metrics.jsonl: %d rows after step %d, written after the checkpoint resumed "
                  "from, were dropped (those steps run again)", dropped, start)
-    evals = evaluators.build(config, method, mesh, info.num_classes)
+    evals = evaluation.build(config, method, mesh, info.num_classes)
     results = {}
     if config.eval_only:
       if not evals:

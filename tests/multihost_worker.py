@@ -33,8 +33,9 @@ else:
 import numpy as np  # noqa: E402
 
 from mim_jax import config as config_lib  # noqa: E402
-from mim_jax import data, methods, sharding, train  # noqa: E402
-from mim_jax.rng import stream_key  # noqa: E402
+from mim_jax import data, methods, train  # noqa: E402
+from mim_jax.core import sharding, tree_paths  # noqa: E402
+from mim_jax.core.rng import stream_key  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLOBAL_BATCH, STEPS = 16, 4
@@ -83,7 +84,7 @@ def run_steps(c, batches):
     state, metrics = step(state, jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh), x), local))
     losses.append(float(jax.device_get(metrics["loss"])))
-  specs = {sharding.path_name(path): str(s.spec) for path, s in
+  specs = {tree_paths.path_name(path): str(s.spec) for path, s in
            jax.tree_util.tree_flatten_with_path(shardings["params"])[0]}
   return losses, flat_params(state["params"], mesh), dict(
       specs=specs, fraction=sharding.sharded_fraction(shardings, shapes), initial=initial)
@@ -92,7 +93,7 @@ def run_steps(c, batches):
 def flat_params(params, mesh):
   """{path: numpy array} of the whole parameters, gathered from their shards."""
   gathered = jax.jit(lambda p: p, out_shardings=sharding.replicated(mesh))(params)
-  return {sharding.path_name(path): np.asarray(x) for path, x in
+  return {tree_paths.path_name(path): np.asarray(x) for path, x in
           jax.tree_util.tree_flatten_with_path(jax.device_get(gathered))[0]}
 
 

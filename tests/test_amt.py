@@ -8,8 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mim_jax import amt, checkpoint as ckpt_lib, config as config_lib, data, masking, methods
-from mim_jax import pretrained, train
+from mim_jax import data, methods, train
+from mim_jax import config as config_lib
+from mim_jax.core import checkpoint as ckpt_lib
+from mim_jax.interop import pretrained
+from mim_jax.masking import amt, sampling
 from mim_jax.models.vit import RelativePositionBias
 from test_train import final_params, read_metrics, sigterm_at, tiny_config
 
@@ -32,8 +35,8 @@ def imagenet_method(name, **model):
 
 
 def test_token_counts_at_224():
-  assert masking.amt_counts(196, 0.45, 0.40, "floor") == (88, 78, 30)
-  assert masking.amt_counts(49, 0.44, 0.26, "ceil") == (22, 13, 14)
+  assert sampling.amt_counts(196, 0.45, 0.40, "floor") == (88, 78, 30)
+  assert sampling.amt_counts(49, 0.44, 0.26, "ceil") == (22, 13, 14)
   images = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
   batch = {"image": images, "id": jax.ShapeDtypeStruct((2,), jnp.int32)}
   key = jax.random.key(0)
@@ -67,8 +70,8 @@ def test_token_counts_at_224():
 def test_split_covers_every_unit_once():
   weights = jax.random.uniform(jax.random.key(0), (16, 49))
   for throw_lowest in (False, True):
-    order = masking.weighted_order(jax.random.key(1), weights)
-    masked, thrown, visible = masking.amt_split(order, (22, 13, 14), throw_lowest)
+    order = sampling.weighted_order(jax.random.key(1), weights)
+    masked, thrown, visible = sampling.amt_split(order, (22, 13, 14), throw_lowest)
     units = np.sort(np.concatenate([masked, thrown, visible], 1), 1)
     np.testing.assert_array_equal(units, np.tile(np.arange(49), (16, 1)))
     # masked are the first of the order; thrown the next ones or the last ones
@@ -79,7 +82,7 @@ def test_split_covers_every_unit_once():
 def test_weighted_sampling_draws_first_with_probability_proportional_to_weight():
   n, draws = 6, 40_000
   w = jnp.asarray([0.05, 0.1, 0.2, 0.3, 0.9, 1.0])
-  order = jax.jit(masking.weighted_order)(jax.random.key(3), jnp.broadcast_to(w, (draws, n)))
+  order = jax.jit(sampling.weighted_order)(jax.random.key(3), jnp.broadcast_to(w, (draws, n)))
   freq = np.bincount(np.asarray(order[:, 0]), minlength=n) / draws
   expected = np.asarray(w / w.sum())
   chi2 = draws * np.sum((freq - expected) ** 2 / expected)
@@ -91,7 +94,7 @@ def test_weighted_sampling_draws_first_with_probability_proportional_to_weight()
                                 for i in range(n)])
   np.testing.assert_allclose(second, expected_second, atol=0.01)
   # Uniform weights: every patch equally likely to be masked (88 of 196 at r 0.45).
-  order = masking.weighted_order(jax.random.key(4), jnp.ones((2000, 196)))
+  order = sampling.weighted_order(jax.random.key(4), jnp.ones((2000, 196)))
   masked = np.zeros(196)
   np.add.at(masked, np.asarray(order[:, :88]).reshape(-1), 1)
   np.testing.assert_allclose(masked / 2000, 88 / 196, atol=0.05)

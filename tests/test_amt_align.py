@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from mim_jax import amt_align
+from mim_jax.masking import amt_align
 
 
 def _torch_source_index(dst, n_in, n_out):

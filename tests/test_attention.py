@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mim_jax import config as config_lib
 from mim_jax import data, methods
+from mim_jax import config as config_lib
 from mim_jax.config import base_config
 from mim_jax.models import encoders, vit
 

@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from mim_jax import config as config_lib, data, methods
+from mim_jax import data, methods
+from mim_jax import config as config_lib
 from mim_jax import main as main_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,7 +14,7 @@ import pytest
 from jax.extend import core as jex_core
 
 from mim_jax.models import hierarchical as hier
-from mim_jax.models.hierarchical import (HIER_SIZES, HierarchicalEncoder, HierSize, PatchMerging,
+from mim_jax.models.hierarchical import (HIER_SIZES, HierSize, HierarchicalEncoder, PatchMerging,
                                          layer_id, merge_groups, num_layers, parse_hier_variant,
                                          relative_position_index, window_partition, window_reverse)
 

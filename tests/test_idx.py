@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from mim_jax import data
+from mim_jax.core.errors import DatasetError
 from mim_jax.data import idx, sources
-from mim_jax.errors import DatasetError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TYPE_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C,

@@ -1,4 +1,4 @@
-"""Weight interop (mim_jax.convert): round trips through timm / HF names, the patch-embedding
+"""Weight interop (mim_jax.interop.convert): round trips through timm / HF names, the patch-embedding
 layout, error messages, and numerical parity with HF transformers' ViTMAE and ViTModel.
 
 The parity tests need torch and transformers (requirements-bench.txt); without them they FAIL
@@ -12,15 +12,15 @@ import jax
 import numpy as np
 import pytest
 
-from mim_jax import checkpoint as ckpt_lib
 from mim_jax import config as config_lib
-from mim_jax import convert, losses, pretrained
 from mim_jax.config import base_config
-from mim_jax.interop import files, names
-from mim_jax.methods.finetune import FineTune
+from mim_jax.core import checkpoint as ckpt_lib
+from mim_jax.evaluation.protocols.finetune import FineTune
+from mim_jax.interop import convert, files, names, pretrained
 from mim_jax.methods.mae import MAE
+from mim_jax.models.patches import patchify
 from mim_jax.models.posembed import sincos_2d
-from mim_jax.patches import patchify
+from mim_jax.objectives import losses
 
 IMAGE, PATCH, WIDTH, HEADS = 32, 4, 32, 2   # tiny_test/4 at 32 pixels: an 8 x 8 grid
 GRID = IMAGE // PATCH

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mim_jax.evaluators import knn
+from mim_jax.evaluation import knn
 
 NUM_CLASSES, DIM, K, T = 5, 32, 20, 0.07
 

@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from mim_jax import league, league_report
+from mim_jax.league import report as league_report
+from mim_jax.league import runner as league
 from tests.test_train import ROOT
 
 # A league config: rows MAE (pre-training, then kNN from it), the ViT at random init (kNN) and

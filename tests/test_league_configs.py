@@ -16,7 +16,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from mim_jax import config as config_lib
-from mim_jax import optim
+from mim_jax.core import optim
 from mim_jax.models import encoders, hierarchical
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

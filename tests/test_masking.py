@@ -5,13 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mim_jax import losses, masking
+from mim_jax.masking import sampling
+from mim_jax.objectives import losses
 
 
 @pytest.mark.parametrize("L,ratio", [(196, 0.75), (64, 0.75), (16, 0.5), (49, 0.9)])
 def test_random_masking_invariants(L, ratio):
   B = 5
-  ids_keep, ids_restore, mask = jax.jit(masking.random_masking, static_argnums=(1, 2, 3))(
+  ids_keep, ids_restore, mask = jax.jit(sampling.random_masking, static_argnums=(1, 2, 3))(
       jax.random.key(0), B, L, ratio)
   kept = int(L * (1 - ratio))
   assert ids_keep.shape == (B, kept) and ids_restore.shape == (B, L) and mask.shape == (B, L)
@@ -28,9 +29,9 @@ def test_random_masking_invariants(L, ratio):
 
 
 def test_masking_depends_on_key_only():
-  a = masking.random_masking(jax.random.key(0), 4, 64, 0.75)
-  b = masking.random_masking(jax.random.key(0), 4, 64, 0.75)
-  c = masking.random_masking(jax.random.key(1), 4, 64, 0.75)
+  a = sampling.random_masking(jax.random.key(0), 4, 64, 0.75)
+  b = sampling.random_masking(jax.random.key(0), 4, 64, 0.75)
+  c = sampling.random_masking(jax.random.key(1), 4, 64, 0.75)
   np.testing.assert_array_equal(a[0], b[0])
   assert not np.array_equal(a[0], c[0])
   assert not np.array_equal(a[0][0], a[0][1])   # per-sample masks differ
@@ -38,7 +39,7 @@ def test_masking_depends_on_key_only():
 
 def test_bad_ratio_is_an_error():
   with pytest.raises(ValueError, match="keeps 0"):
-    masking.num_kept(16, 1.0)
+    sampling.num_kept(16, 1.0)
 
 
 def test_loss_only_on_masked_patches():

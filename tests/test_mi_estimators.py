@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from mim_jax import mi_estimators as mi
+from mim_jax.objectives import mi_estimators as mi
 
 RHOS = (0.3, 0.6, 0.8, 0.9)
 DIM = 4

@@ -10,9 +10,11 @@ import pytest
 
 import optax
 
-from mim_jax import config as config_lib, data, masking, methods, train
-from mim_jax import mi_estimators as mi
-from mim_jax.rng import stream_key
+from mim_jax import data, methods, train
+from mim_jax import config as config_lib
+from mim_jax.core.rng import stream_key
+from mim_jax.masking import sampling
+from mim_jax.objectives import mi_estimators as mi
 from test_train import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +25,7 @@ DIGITS_INFO = data.DatasetInfo(num_classes=10, channels=1, num_examples=1437,
 @pytest.mark.parametrize("views,patches", [(2, 16), (4, 16), (4, 196), (3, 10)])
 def test_partition_masks_are_disjoint_and_cover(views, patches):
   b = 5
-  ids_keep, ids_restore, mask = masking.partition_masking(jax.random.key(views), b, patches,
+  ids_keep, ids_restore, mask = sampling.partition_masking(jax.random.key(views), b, patches,
                                                           views)
   kept = patches // views
   keep = np.asarray(ids_keep).reshape(b, views, kept)
@@ -221,7 +223,7 @@ def test_amt_run_logs_every_term(tmp_path):
 
 def full_state(workdir, c):
   """(step, the whole checkpointed state: params, both optimizer states, V's state)."""
-  from mim_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from mim_jax.core import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   info = data.dataset_info(c.data, c.dataset, c.train_split)
   method = methods.get("mi_mae")(c, 1, data_info=info)
   schedule, _ = train.schedule_for(c, info.num_examples)

@@ -11,10 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mim_jax import methods, train
 from mim_jax import config as config_lib
-from mim_jax import methods, mixing, pretrained, train
-from mim_jax.models import mae as mae_model
-from mim_jax.patches import patchify
+from mim_jax.interop import pretrained
+from mim_jax.masking import mixing
+from mim_jax.models import vit_encoder
+from mim_jax.models.patches import patchify
 from test_train import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -168,7 +170,7 @@ def test_plain_vit_isolation_needs_the_attention_bias(monkeypatch):
   half.config.compute_dtype = "bfloat16"
   half = methods.get("mixmim")(half.config, 3)
   assert half.dtype == jnp.bfloat16 and leak(half) == 0.0
-  monkeypatch.setattr(mae_model, "isolation_bias", lambda groups: jnp.zeros(
+  monkeypatch.setattr(vit_encoder, "isolation_bias", lambda groups: jnp.zeros(
       (groups.shape[0], 1, groups.shape[1], groups.shape[1])))
   assert leak() > 1e-3
   with pytest.raises(ValueError, match="ids_keep must be None"):

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mim_jax import mixup
+from mim_jax.data import mixup
 
 B, H, W, C, NUM_CLASSES = 6, 12, 20, 3, 10
 NUM_KEYS = 128

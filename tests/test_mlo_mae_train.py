@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mim_jax import checkpoint as ckpt_lib
+from mim_jax import data, methods, train
 from mim_jax import config as config_lib
-from mim_jax import data, hypergrad, methods, train
+from mim_jax.core import checkpoint as ckpt_lib
+from mim_jax.core.errors import DatasetError
+from mim_jax.core.rng import stream_key
 from mim_jax.data import sources, subsets
-from mim_jax.errors import DatasetError
 from mim_jax.methods.mlo_mae import theta_of
 from mim_jax.models.posembed import sincos_2d
-from mim_jax.rng import stream_key
+from mim_jax.objectives import hypergrad
 from test_train import run_straight_and_interrupted
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

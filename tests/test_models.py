@@ -9,8 +9,8 @@ import pytest
 
 from mim_jax.config import base_config
 from mim_jax.methods.mae import MAE
+from mim_jax.models.patches import patchify, unpatchify
 from mim_jax.models.posembed import sincos_2d
-from mim_jax.patches import patchify, unpatchify
 
 
 def mae_method(variant="tiny_test/16", image_size=224, channels=3, **model):

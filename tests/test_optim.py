@@ -10,8 +10,10 @@ import optax
 import pytest
 from ml_collections import ConfigDict
 
-from mim_jax import config as config_lib, optim, train
+from mim_jax import train
+from mim_jax import config as config_lib
 from mim_jax.config import base_config
+from mim_jax.core import optim
 from mim_jax.methods.mae import MAE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

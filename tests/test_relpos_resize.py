@@ -1,5 +1,5 @@
 """Relative position bias tables resampled when the window (hierarchical encoder) or the patch
-grid (ViT) differs between the checkpoint and the model (mim_jax.pretrained.resize_tables).
+grid (ViT) differs between the checkpoint and the model (mim_jax.interop.pretrained.resize_tables).
 
 The rule is PyTorch's F.interpolate(mode='bicubic', align_corners=False) (Keys kernel, a = -0.75,
 half-pixel centres, border samples repeated, no antialiasing), as MixMIM's fine-tuning loader
@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from mim_jax import checkpoint as ckpt_lib
+from mim_jax import methods
 from mim_jax import config as config_lib
-from mim_jax import methods, pretrained
+from mim_jax.core import checkpoint as ckpt_lib
+from mim_jax.interop import pretrained
 from mim_jax.models import encoders
 from mim_jax.models.vit import bicubic_matrix, resize_offset_table
 

@@ -14,7 +14,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from mim_jax import config as config_lib
-from mim_jax import pretrained, sharding
+from mim_jax.core import sharding
+from mim_jax.interop import pretrained
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multihost_worker.py")
 

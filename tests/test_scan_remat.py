@@ -9,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mim_jax import checkpoint as ckpt_lib
+from mim_jax import methods
 from mim_jax import config as config_lib
-from mim_jax import methods, optim
+from mim_jax.core import optim
+from mim_jax.core import checkpoint as ckpt_lib
 from mim_jax.models import layout
 from mim_jax.models.vit import BlockOptions, Transformer
 

@@ -10,12 +10,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mim_jax import checkpoint as ckpt_lib, config as config_lib, losses, masking, methods
-from mim_jax import pretrained, train
+from mim_jax import methods, train
+from mim_jax import config as config_lib
+from mim_jax.core import checkpoint as ckpt_lib
+from mim_jax.interop import pretrained
+from mim_jax.masking import sampling
 from mim_jax.models import encoders
+from mim_jax.models.patches import patchify, unpatchify
 from mim_jax.models.posembed import sincos_2d
 from mim_jax.models.vit import RelativePositionBias
-from mim_jax.patches import patchify, unpatchify
+from mim_jax.objectives import losses
 from test_amt import IMAGENET_INFO
 from test_train import read_metrics
 
@@ -23,16 +27,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_block_masking_counts_and_cells():
-  cells = masking.block_masking(jax.random.key(0), 64, 49, 0.6)
+  cells = sampling.block_masking(jax.random.key(0), 64, 49, 0.6)
   assert np.all(np.asarray(cells).sum(1) == 30)             # 49 cells at 224 / 32: 30 masked
-  assert masking.num_masked_cells(36, 0.6) == 22             # Swin at 192 px
+  assert sampling.num_masked_cells(36, 0.6) == 22             # Swin at 192 px
   # Cells are spread over all positions.
   assert np.all(np.asarray(cells).mean(0) > 0.3)
-  patches = np.asarray(masking.cells_to_patches(cells, (7, 7), 2)).reshape(64, 14, 14)
+  patches = np.asarray(sampling.cells_to_patches(cells, (7, 7), 2)).reshape(64, 14, 14)
   grid = np.asarray(cells).reshape(64, 7, 7)
   np.testing.assert_array_equal(patches[:, ::2, ::2], grid)
   np.testing.assert_array_equal(patches[:, 1::2, 1::2], grid)
-  ids = masking.cell_patch_ids((7, 7), 2)
+  ids = sampling.cell_patch_ids((7, 7), 2)
   assert sorted(ids.reshape(-1).tolist()) == list(range(196))
   assert ids[8].tolist() == [30, 31, 44, 45]                 # cell (1, 1): patch rows 2-3, cols 2-3
 
@@ -308,7 +312,7 @@ def test_hier_loss_equals_a_slow_pixel_computation(hier_digits):
   images = jax.random.normal(jax.random.key(1), (3, 16, 16, 1))
   rngs = {"mask": jax.random.key(2), "drop_path": jax.random.key(3)}
   loss, (metrics_, _) = jax.jit(method.loss)(params, {}, {"image": images}, rngs)
-  cells = np.asarray(masking.block_masking(rngs["mask"], 3, 16, 0.6))
+  cells = np.asarray(sampling.block_masking(rngs["mask"], 3, 16, 0.6))
   assert np.all(cells.sum(1) == 10)                       # ceil(16 * 0.6)
   token_mask = np.repeat(np.repeat(cells.reshape(3, 4, 4), 2, 1), 2, 2).reshape(3, 64)
   pred = jax.jit(method.model.apply)({"params": params}, images, token_mask)
@@ -330,7 +334,7 @@ def test_hier_loss_equals_a_slow_pixel_computation(hier_digits):
     keys = jax.random.split(jax.random.key(10 + k), 3)
     images = jax.random.normal(keys[0], (2, size, size, 3))
     pred = jax.random.normal(keys[1], (2, (size // 32) ** 2, 32 * 32 * 3))
-    cells = masking.block_masking(keys[2], 2, method.num_cells, 0.6)
+    cells = sampling.block_masking(keys[2], 2, method.num_cells, 0.6)
     got = float(method.hier_l1(pred, images, cells))
     np.testing.assert_allclose(got, slow_hier_l1(pred, images, cells, cell, 32), rtol=1e-5)
 

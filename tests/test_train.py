@@ -11,11 +11,14 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mim_jax import checkpoint as ckpt_lib
+from mim_jax import data, methods, train
 from mim_jax import config as config_lib
-from mim_jax import data, main as main_lib, methods, optim, train
-from mim_jax import workdir as workdir_lib
-from mim_jax.errors import WorkdirError
+from mim_jax import main as main_lib
+from mim_jax.core import optim
+from mim_jax.core import checkpoint as ckpt_lib
+from mim_jax.core import workdir as workdir_lib
+from mim_jax.core.errors import WorkdirError
+from mim_jax.interop import pretrained as pretrained_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(ROOT, "configs", "mae_digits.py")
@@ -38,11 +41,9 @@ def tiny_config(**overrides):
 
 
 def final_params(workdir, config):
-  method = methods.get("mae")(config, 1)
-  mesh = train.make_mesh()
-  abstract = ckpt_lib.abstract(jax.eval_shape(method.init, jax.random.key(0)),
-                               NamedSharding(mesh, P()))
-  return ckpt_lib.load_params(workdir, abstract)
+  """(step, params) of the workdir's latest checkpoint (a run of ``config``)."""
+  del config
+  return pretrained_lib.read_params(workdir)
 
 
 def read_metrics(workdir):

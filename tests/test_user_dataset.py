@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from data_helpers import write_image_folder, write_tfds_metadata
+from mim_jax import data
 from mim_jax import config as config_lib
-from mim_jax import data, main as main_lib
+from mim_jax import main as main_lib
 from mim_jax.data import sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +48,7 @@ def test_mae_digits_runs_on_a_class_ordered_folder(tmp_path, user_folder):
   # Four colours: any encoder separates them once the probe sees every class (chance: 0.25).
   assert final["probe/accuracy"] > 0.5 and init["probe/random_init_accuracy"] > 0.5
 
-  # The probe's subsets, as the probe takes them (evaluators/features.py): every class, in
+  # The probe's subsets, as the probe takes them (evaluation/features.py): every class, in
   # proportion, in the 300 of 400 training images; all 48 of val/ for evaluation.
   c = config_lib.load(os.path.join(ROOT, "configs", "mae_digits.py") + ":runlocal")
   config_lib.override(c, "dataset", spec)

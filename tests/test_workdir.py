@@ -11,8 +11,11 @@ import time
 
 import pytest
 
-from mim_jax import checkpoint as ckpt_lib
-from mim_jax import errors, main as main_lib, preemption, train, workdir as workdir_lib
+from mim_jax import train
+from mim_jax import main as main_lib
+from mim_jax.core import errors, preemption
+from mim_jax.core import checkpoint as ckpt_lib
+from mim_jax.core import workdir as workdir_lib
 from tests.test_train import DIGITS, ROOT, final_params, read_metrics, sigterm_at, tiny_config
 
 # The overrides of tests.test_train.tiny_config, on the command line.
@@ -147,12 +150,12 @@ def test_changes_are_sorted_into_harmless_and_refused():
 
 
 def test_sigterm_during_start_up_stops_at_once_with_a_message(tmp_path, monkeypatch, capsys):
-  real = train.evaluators.build
+  real = train.evaluation.build
 
   def build_then_sigterm(*args, **kwargs):
     signal.raise_signal(signal.SIGTERM)   # e.g. during the random-init probe
     return real(*args, **kwargs)
-  monkeypatch.setattr(train.evaluators, "build", build_then_sigterm)
+  monkeypatch.setattr(train.evaluation, "build", build_then_sigterm)
   workdir = str(tmp_path / "run")
   assert main_lib.main(cli(workdir)) == 0
   assert "SIGTERM before training began" in capsys.readouterr().err
@@ -249,7 +252,7 @@ def test_keys_an_older_config_lacks_are_no_change_at_their_default(tmp_path):
 
 def test_stderr_filter_drops_only_closed_loop_tracebacks():
   import io
-  from mim_jax.library_noise import DropClosedLoopTracebacks
+  from mim_jax.core.library_noise import DropClosedLoopTracebacks
   noise = ['Traceback (most recent call last):',
            '  File "/x/asyncio/base_events.py", line 806, in call_soon_threadsafe',
            '    self._check_closed()',

@@ -24,47 +24,47 @@ MODES = ("pixel", "rand", "const")
 def erase_box(height: int, width: int, rng: np.random.Generator, *, min_area: float = 0.02,
               max_area: float = 1 / 3, min_aspect: float = 0.3, max_aspect: float | None = None,
               attempts: int = 10):
-    """(top, left, h, w) of a random box for an image of height x width, or None if none fitted."""
-    max_aspect = max_aspect or 1 / min_aspect
-    log_lo, log_hi = math.log(min_aspect), math.log(max_aspect)
-    area = height * width
-    for _ in range(attempts):
-        target = rng.uniform(min_area, max_area) * area
-        aspect = math.exp(rng.uniform(log_lo, log_hi))
-        h = int(round(math.sqrt(target * aspect)))
-        w = int(round(math.sqrt(target / aspect)))
-        if h < height and w < width:
-            top = int(rng.integers(0, height - h + 1))
-            left = int(rng.integers(0, width - w + 1))
-            return top, left, h, w
-    return None
+  """(top, left, h, w) of a random box for an image of height x width, or None if none fitted."""
+  max_aspect = max_aspect or 1 / min_aspect
+  log_lo, log_hi = math.log(min_aspect), math.log(max_aspect)
+  area = height * width
+  for _ in range(attempts):
+    target = rng.uniform(min_area, max_area) * area
+    aspect = math.exp(rng.uniform(log_lo, log_hi))
+    h = int(round(math.sqrt(target * aspect)))
+    w = int(round(math.sqrt(target / aspect)))
+    if h < height and w < width:
+      top = int(rng.integers(0, height - h + 1))
+      left = int(rng.integers(0, width - w + 1))
+      return top, left, h, w
+  return None
 
 
 def random_erase(image: np.ndarray, prob: float, rng: np.random.Generator, *,
                  mode: str = "pixel", **box_kwargs) -> np.ndarray:
-    """Random erasing of one normalized float image [H, W, C].
+  """Random erasing of one normalized float image [H, W, C].
 
-    Returns ``image`` itself when nothing is erased, else an erased copy (the
-    input is never modified). ``box_kwargs`` go to ``erase_box``. Draws from
-    ``rng``: the coin, then (if erasing) the box, then the fill values.
-    """
-    if mode not in MODES:
-        raise ValueError(f"random erasing mode must be one of {MODES}, got {mode!r}")
-    if not 0 <= prob <= 1:
-        raise ValueError(f"random erasing probability must be in [0, 1], got {prob}")
-    if rng.random() >= prob:
-        return image
-    height, width, channels = image.shape
-    box = erase_box(height, width, rng, **box_kwargs)
-    if box is None:
-        return image
-    top, left, h, w = box
-    out = np.array(image, copy=True)
-    if mode == "pixel":
-        values = rng.standard_normal((h, w, channels), dtype=np.float32)
-    elif mode == "rand":
-        values = rng.standard_normal((1, 1, channels), dtype=np.float32)
-    else:
-        values = 0.0
-    out[top:top + h, left:left + w] = values
-    return out
+  Returns ``image`` itself when nothing is erased, else an erased copy (the
+  input is never modified). ``box_kwargs`` go to ``erase_box``. Draws from
+  ``rng``: the coin, then (if erasing) the box, then the fill values.
+  """
+  if mode not in MODES:
+    raise ValueError(f"random erasing mode must be one of {MODES}, got {mode!r}")
+  if not 0 <= prob <= 1:
+    raise ValueError(f"random erasing probability must be in [0, 1], got {prob}")
+  if rng.random() >= prob:
+    return image
+  height, width, channels = image.shape
+  box = erase_box(height, width, rng, **box_kwargs)
+  if box is None:
+    return image
+  top, left, h, w = box
+  out = np.array(image, copy=True)
+  if mode == "pixel":
+    values = rng.standard_normal((h, w, channels), dtype=np.float32)
+  elif mode == "rand":
+    values = rng.standard_normal((1, 1, channels), dtype=np.float32)
+  else:
+    values = 0.0
+  out[top:top + h, left:left + w] = values
+  return out

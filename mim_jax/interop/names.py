@@ -16,6 +16,8 @@ import re
 
 import numpy as np
 
+from mim_jax.core.tree_paths import path_name
+
 
 class ConversionError(ValueError):
   """A weight file that cannot be converted: unknown layout, missing tensor, wrong shape."""
@@ -113,10 +115,6 @@ def from_mim(kind, x, shape):
     d, c, p, _ = shape
     x = x.reshape(p, p, c, d).transpose(3, 2, 0, 1)
   return np.ascontiguousarray(x)
-
-
-def path_name(path) -> str:
-  return "/".join(path)
 
 
 def timm_to_tree(state, s: Sizes, ignore=()):

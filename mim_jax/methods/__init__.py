@@ -18,9 +18,9 @@ _REGISTRY = {
     "mi_mae": "mim_jax.methods.mi_mae:MIMAE",
     "mixmim": "mim_jax.methods.mixmim:MixMIM",
     "mlo_mae": "mim_jax.methods.mlo_mae:MLOMAE",
-    "finetune": "mim_jax.methods.finetune:FineTune",
-    "linear_probe": "mim_jax.methods.linear_probe:LinearProbe",
-    "knn": "mim_jax.methods.knn:Knn",
+    "finetune": "mim_jax.evaluation.protocols.finetune:FineTune",
+    "linear_probe": "mim_jax.evaluation.protocols.linear_probe:LinearProbe",
+    "knn": "mim_jax.evaluation.protocols.knn:Knn",
 }
 
 

@@ -9,6 +9,7 @@ A subclass member whose name is one typing slip from a contract member (``recons
 
 import difflib
 
+import jax.numpy as jnp
 from ml_collections import ConfigDict
 
 # The members of the contract; a subclass's other public names must not be near-misses of these.
@@ -35,7 +36,7 @@ def near_miss(name: str):
 class Method:
   """What a run trains (or evaluates): ``Method(config, channels, num_classes, data_info)``,
   ``data_info`` being the training split's ``data.DatasetInfo``. Every method keeps its encoder
-  under ``params["encoder"]``."""
+  under ``params["encoder"]``, described by ``self.encoder`` (a ``models.encoders.EncoderSpec``)."""
 
   # --- required ------------------------------------------------------------------------------
   @staticmethod
@@ -48,8 +49,10 @@ class Method:
     raise NotImplementedError
 
   def features(self, params, images, pool: str = "cls"):
-    """-> [B, D] encoder features of whole images (the kNN and fast-probe evaluators)."""
-    raise NotImplementedError
+    """-> [B, D] encoder features of whole images for the kNN and fast-probe evaluators: the
+    [CLS] token or the average of the tokens (``pool``)."""
+    tokens = self.encoder.apply(params["encoder"], images)
+    return self.encoder.pool(tokens.astype(jnp.float32), pool)
 
   rng_streams: tuple = ()
   """Names of the per-step RNG streams ``loss`` takes (each folded with the step)."""

@@ -7,22 +7,16 @@ reached: masked (reconstructed), thrown (removed from encoder, decoder and loss)
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
-from mim_jax import amt, losses, masking
-from mim_jax.methods.pretraining import MaskedPretraining
+from mim_jax.masking import amt, sampling
+from mim_jax.methods.amt_hooks import AMTHooks
 from mim_jax.models import encoders
 from mim_jax.models import mae as mae_model
-from mim_jax.patches import patchify, unpatchify
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def compute_dtype(name: str):
-  if name not in DTYPES:
-    raise ValueError(f"compute_dtype must be one of {sorted(DTYPES)}, got {name!r}")
-  return DTYPES[name]
+from mim_jax.models.dtypes import compute_dtype
+from mim_jax.models.patches import patchify, unpatchify
+from mim_jax.objectives import losses
 
 
-class MAE(MaskedPretraining):
+class MAE(AMTHooks):
   rng_streams = ("mask",)
 
   @staticmethod
@@ -49,7 +43,7 @@ class MAE(MaskedPretraining):
     self.channels = channels
     self.mask_ratio = m.mask_ratio
     self.norm_pix = m.norm_pix_loss
-    self.num_kept = masking.num_kept(self.num_patches, m.mask_ratio)
+    self.num_kept = sampling.num_kept(self.num_patches, m.mask_ratio)
     self.width = self.encoder.width
     decoder = mae_model.MAEDecoder(
         m.decoder_width, m.decoder_depth, m.decoder_heads, self.grid,
@@ -73,7 +67,7 @@ class MAE(MaskedPretraining):
 
   def _predict(self, params, images, mask_rng):
     patches = patchify(images, self.patch_size)
-    ids_keep, ids_restore, mask = masking.random_masking(
+    ids_keep, ids_restore, mask = sampling.random_masking(
         mask_rng, images.shape[0], self.num_patches, self.mask_ratio)
     pred = self.model.apply({"params": params}, patches.astype(self.dtype), ids_keep, ids_restore)
     return patches, pred, mask

@@ -36,9 +36,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mim_jax import losses, masking, mi_estimators as mi, optim
+from mim_jax.core import optim
+from mim_jax.masking import sampling
 from mim_jax.methods.mae import MAE
-from mim_jax.patches import patchify
+from mim_jax.models.patches import patchify
+from mim_jax.objectives import losses
+from mim_jax.objectives import mi_estimators as mi
 
 log = logging.getLogger("mim_jax")
 
@@ -132,9 +135,9 @@ class MIMAE(MAE):
                 if k in ("id", "crop_box", "flipped")}
       return (patches,) + self._amt_ids(extra, vbatch, rng)
     if self.o.mask_mode == "partition":
-      ids_keep, ids_restore, mask = masking.partition_masking(rng, b, self.num_patches, n)
+      ids_keep, ids_restore, mask = sampling.partition_masking(rng, b, self.num_patches, n)
     else:  # N independent MAE masks (with N = 1: exactly MAE's mask)
-      ids_keep, ids_restore, mask = masking.random_masking(rng, b * n, self.num_patches,
+      ids_keep, ids_restore, mask = sampling.random_masking(rng, b * n, self.num_patches,
                                                            self.mask_ratio)
     return patches, ids_keep, ids_restore, None, mask
 

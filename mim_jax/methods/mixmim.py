@@ -16,17 +16,17 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
-from mim_jax import losses, mixing
-from mim_jax.methods.mae import compute_dtype
-from mim_jax.methods.pretraining import MaskedPretraining
+from mim_jax.masking import mixing
+from mim_jax.methods.base import Method
 from mim_jax.models import encoders
+from mim_jax.models.dtypes import compute_dtype
 from mim_jax.models.mixmim import MixMIMDecoder, MixMIMModel
-from mim_jax.patches import patchify, unpatchify
+from mim_jax.models.patches import patchify, unpatchify
+from mim_jax.objectives import losses
 
 
-class MixMIM(MaskedPretraining):
+class MixMIM(Method):
   rng_streams = ("mask", "drop_path")
-  amt = None
 
   @staticmethod
   def default_model_config() -> ConfigDict:

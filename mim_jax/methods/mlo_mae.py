@@ -11,12 +11,12 @@ The position tables of encoder and decoder start as sin-cos and are theta parame
 (``mlo.learnable_pos``, ``mlo.learnable_decoder_pos``), as in the official models.
 
 The masking network reads the encoder's own patch + position embeddings and gives a probability
-per patch; the ``int(L * ratio)`` most probable patches are masked (``masking.topk_masking``) and
+per patch; the ``int(L * ratio)`` most probable patches are masked (``sampling.topk_masking``) and
 L_P weighs each masked patch's error by its probability (``losses.probability_weighted_mse``).
 
 One trainer step is one round of the official schedule: ``mlo.unroll_steps`` (K, 2) AdamW steps
 of theta on K pre-training batches, then one of psi, then one of phi with the hypergradient of
-``mlo.hypergrad`` (``mim_jax.hypergrad``): 'finite_difference' (the official code's), 'jvp' (the
+``mlo.hypergrad`` (``mim_jax.objectives.hypergrad``): 'finite_difference' (the official code's), 'jvp' (the
 same expression, exact) or 'unroll' (jax.grad of L_M through the round's K theta steps and the
 psi step, which then are the round's real updates). Each level has its own data stream
 (``data_streams``: by default a seeded, class-stratified draw of 20 % of the training split for
@@ -29,14 +29,17 @@ import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
-from mim_jax import data, hypergrad, losses, masking, optim
+from mim_jax import data
+from mim_jax.core import optim
+from mim_jax.core.rng import stream_key
+from mim_jax.masking import sampling
 from mim_jax.methods.mae import MAE
 from mim_jax.models.classifier import FeatureHead
 from mim_jax.models.mae import MAE as MAEModel
-from mim_jax.models.mae import ViTEncoder
 from mim_jax.models.masking_net import MaskingNet
-from mim_jax.patches import patchify
-from mim_jax.rng import stream_key
+from mim_jax.models.patches import patchify
+from mim_jax.models.vit_encoder import ViTEncoder
+from mim_jax.objectives import hypergrad, losses
 
 HYPERGRADS = ("finite_difference", "jvp", "unroll")
 LEVELS = ("theta", "psi", "phi")
@@ -164,7 +167,7 @@ class MLOMAE(MAE):
     return LevelOptimizers(levels, schedules)
 
   # --------------------------------------------------------------------------------------------
-  # The three losses, as functions of (level parameters, batch) for ``mim_jax.hypergrad``.
+  # The three losses, as functions of (level parameters, batch) for ``mim_jax.objectives.hypergrad``.
   # --------------------------------------------------------------------------------------------
   def mask_probs(self, theta, phi, patches):
     """[B, L] masking probabilities of the patches [B, L, p*p*C] (differentiable in both)."""
@@ -181,7 +184,7 @@ class MLOMAE(MAE):
     if "mask" in batch:
       ids_keep, ids_restore, mask = batch["ids_keep"], batch["ids_restore"], batch["mask"]
     else:
-      ids_keep, ids_restore, mask = masking.topk_masking(probs, self.mask_ratio)
+      ids_keep, ids_restore, mask = sampling.topk_masking(probs, self.mask_ratio)
     pred = self.model.apply({"params": theta}, patches.astype(self.dtype), ids_keep, ids_restore)
     target = losses.patch_targets(patches, self.norm_pix)
     return losses.probability_weighted_mse(pred, target, mask, probs)
@@ -197,7 +200,7 @@ class MLOMAE(MAE):
   def with_mask(self, theta, phi, batch):
     """``batch`` with its top-k mask at (theta, phi) attached."""
     probs = self.mask_probs(theta, phi, patchify(batch["image"], self.patch_size))
-    ids_keep, ids_restore, mask = masking.topk_masking(probs, self.mask_ratio)
+    ids_keep, ids_restore, mask = sampling.topk_masking(probs, self.mask_ratio)
     return dict(batch, ids_keep=ids_keep, ids_restore=ids_restore, mask=mask)
 
   # --------------------------------------------------------------------------------------------
@@ -283,7 +286,7 @@ class MLOMAE(MAE):
                            passes (almost) no gradient."""
     probs = jax.lax.stop_gradient(
         self.mask_probs(theta, phi, patchify(images, self.patch_size)))
-    _, _, mask = masking.topk_masking(probs, self.mask_ratio)
+    _, _, mask = sampling.topk_masking(probs, self.mask_ratio)
     gap = (jnp.sum(probs * mask) / jnp.sum(mask)
            - jnp.sum(probs * (1 - mask)) / jnp.maximum(jnp.sum(1 - mask), 1.0))
     b = probs.shape[0]
@@ -303,7 +306,7 @@ class MLOMAE(MAE):
     theta, phi = theta_of(params), params["masker"]
     patches = patchify(images, self.patch_size)
     probs = self.mask_probs(theta, phi, patches)
-    ids_keep, ids_restore, mask = masking.topk_masking(probs, self.mask_ratio)
+    ids_keep, ids_restore, mask = sampling.topk_masking(probs, self.mask_ratio)
     pred = self.model.apply({"params": theta}, patches.astype(self.dtype), ids_keep, ids_restore)
     out = self.paste(images, patches, pred, mask)
     out["probabilities"] = probs.reshape(-1, *self.grid)

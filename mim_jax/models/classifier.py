@@ -13,8 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mim_jax.models.patches import patchify
 from mim_jax.models.vit import LN_EPS, torch_default_init, trunc_normal
-from mim_jax.patches import patchify
 
 
 def _pooled(encoder, patch_size, images, pool, deterministic):

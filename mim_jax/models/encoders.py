@@ -8,7 +8,7 @@ pre-training or only in fine-tuning).
 
 The parameters of an encoder live under ``params["encoder"]`` in every method, so a fine-tune,
 linear-probe or kNN run can take them from any pre-training checkpoint
-(``mim_jax.pretrained``).
+(``mim_jax.interop.pretrained``).
 """
 
 import dataclasses
@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from mim_jax.models import hierarchical
-from mim_jax.models.mae import ViTEncoder
+from mim_jax.models.patches import patchify
 from mim_jax.models.vit import ATTENTION_IMPLS, BlockOptions, parse_variant
-from mim_jax.patches import patchify
+from mim_jax.models.vit_encoder import ViTEncoder
 
 
 def encoder_config() -> dict:

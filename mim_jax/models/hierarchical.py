@@ -19,7 +19,7 @@ the bias and the mask are float32.
 Each block's ``relative_position_bias_table`` [(2w - 1)^2, heads] depends on its window w, and w
 on the image size (a window is clamped to its stage). Weights pre-trained with other windows
 (SimMIM's Swin recipe: 192 px with windows 6, fine-tuning at 224 with 7) load with every table
-resampled bicubically over its (2w - 1) x (2w - 1) offsets (``mim_jax.pretrained``,
+resampled bicubically over its (2w - 1) x (2w - 1) offsets (``mim_jax.interop.pretrained``,
 ``vit.resize_offset_table``); the sin-cos position table is not a parameter and is rebuilt.
 """
 
@@ -31,10 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mim_jax import mixing
+from mim_jax.masking import mixing
 from mim_jax.models.posembed import sincos_2d
-from mim_jax.models.vit import (DropPath, Mlp, isolation_bias, torch_default_init,
-                                trunc_normal, xavier_uniform)
+from mim_jax.models.vit import (DropPath, Mlp, isolation_bias, torch_default_init, trunc_normal,
+                                xavier_uniform)
 
 LN_EPS = 1e-5
 # timm's trunc_normal_(std=.02) cuts at +-2 in absolute units, i.e. at +-100 std: in effect a plain

@@ -38,8 +38,3 @@ class MaskingNet(nn.Module):
     x = nn.Dense(num_patches, kernel_init=torch_default_init(self.hidden),
                  bias_init=torch_default_init(self.hidden), dtype=self.dtype, name="out")(x)
     return jax.nn.sigmoid(x.astype(jnp.float32))
-
-
-def num_params(num_patches: int, dim: int, hidden: int = 512) -> int:
-  """Parameter count of ``MaskingNet(hidden)`` on [*, num_patches, dim] inputs."""
-  return num_patches * dim * hidden + hidden + hidden * num_patches + num_patches

@@ -17,9 +17,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mim_jax.models.mae import ViTEncoder, token_init
 from mim_jax.models.posembed import sincos_2d
 from mim_jax.models.vit import BlockOptions, Transformer, xavier_uniform
+from mim_jax.models.vit_encoder import ViTEncoder, token_init
 
 
 class MixMIMDecoder(nn.Module):

@@ -10,8 +10,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mim_jax.models.hierarchical import HierarchicalEncoder
-from mim_jax.models.mae import ViTEncoder
 from mim_jax.models.vit import torch_default_init
+from mim_jax.models.vit_encoder import ViTEncoder
 
 
 class SimMIMModel(nn.Module):

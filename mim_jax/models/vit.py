@@ -167,7 +167,7 @@ def parse_variant(variant: str):
 
 
 # Relative position tables learnt on one grid of offsets and loaded into a model with another
-# (a new window size or image size at fine-tuning; mim_jax.pretrained) are resampled with
+# (a new window size or image size at fine-tuning; mim_jax.interop.pretrained) are resampled with
 # PyTorch's bicubic rule, F.interpolate(mode='bicubic', align_corners=False), the rule of
 # MixMIM's fine-tuning loader (Sense-X/MixMIM, util/pos_embed.py). SimMIM's own loader instead
 # samples a geometrically stretched grid with SciPy cubic splines (BEiT's method); not offered.
@@ -234,7 +234,7 @@ class RelativePositionBias(nn.Module):
   [B, heads, T', T']; with ``ids`` None, [1, heads, T, T] over all 1 + h*w tokens.
 
   A checkpoint's table for another grid (another image or patch size) is resampled on load by
-  ``mim_jax.pretrained``: the (2h - 1) x (2w - 1) offsets bicubically (``resize_offset_table``),
+  ``mim_jax.interop.pretrained``: the (2h - 1) x (2w - 1) offsets bicubically (``resize_offset_table``),
   the three [CLS] entries copied.
   """
   grid: tuple

@@ -1,15 +1,15 @@
 """What the evaluation protocols (fine-tune, linear probe, kNN) share: an encoder described by
 ``config.model`` (``mim_jax.models.encoders``), its features, its layer ids, and restoring it from
-another run's checkpoint (``mim_jax.pretrained``)."""
+another run's checkpoint (``mim_jax.interop.pretrained``)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mim_jax import pretrained
+from mim_jax.interop import pretrained
 from mim_jax.methods.base import Method
-from mim_jax.methods.mae import compute_dtype
 from mim_jax.models import encoders
+from mim_jax.models.dtypes import compute_dtype
 
 
 class EncoderProtocol(Method):
@@ -25,11 +25,6 @@ class EncoderProtocol(Method):
 
   def _dummy_images(self):
     return jnp.zeros((1, self.image_size, self.image_size, self.channels), jnp.float32)
-
-  def features(self, params, images, pool: str = "cls"):
-    """[B, D] pooled encoder features (the kNN / fast-probe evaluators use them)."""
-    tokens = self.encoder.apply(params["encoder"], images)
-    return self.encoder.pool(tokens.astype(jnp.float32), pool)
 
   def layer_ids(self, params):
     """(layer id per parameter, number of layers) for layer-wise lr decay: the encoder's ids;

@@ -8,7 +8,7 @@ runs, it only sets a flag: the loop saves a checkpoint at the next step boundary
 import logging
 import signal
 
-from mim_jax.errors import Preempted
+from mim_jax.core.errors import Preempted
 
 log = logging.getLogger("mim_jax")
 

@@ -11,8 +11,8 @@ With ``init_from`` empty this is the supervised-from-scratch baseline.
 
 from ml_collections import ConfigDict
 
-from mim_jax import mixup
-from mim_jax.methods.common import EncoderProtocol, build_encoder
+from mim_jax.data import mixup
+from mim_jax.evaluation.protocols.encoder_protocol import EncoderProtocol, build_encoder
 from mim_jax.models import encoders
 from mim_jax.models.classifier import Classifier
 

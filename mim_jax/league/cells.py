@@ -95,7 +95,7 @@ ENCODER_OF = {"random_simmim_vit": "simmim", "supervised_simmim_vit": "simmim"}
 
 
 def claims():
-  """What the papers report, as "row beats than on protocol" (mim_jax.league_report tests
+  """What the papers report, as "row beats than on protocol" (mim_jax.league.report tests
   each on the difference of the means against the seed noise)."""
   def claim(row, than, protocol, text):
     return dict(row=row, than=than, protocol=protocol, text=text)
@@ -202,7 +202,7 @@ def epoch_steps(c, train_images: int) -> int:
   """Steps per epoch as the trainer counts them for ``c`` on a train split of ``train_images``:
   MI-MAE with ``epoch_unit='views'``: a pass over 1 / num_masks of the images; MLO-MAE: a pass
   over the MAE's part of the split (1 - heldout_fraction), rounds of unroll_steps batches."""
-  from mim_jax import optim  # pylint: disable=g-import-not-at-top
+  from mim_jax.core import optim  # pylint: disable=g-import-not-at-top
   examples, per_step = train_images, c.batch_size
   if c.method == "mi_mae" and c.mi_mae.epoch_unit == "views":
     examples = round(train_images / c.mi_mae.num_masks)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
-from mim_jax.methods.common import EncoderProtocol, build_encoder
+from mim_jax.evaluation.protocols.encoder_protocol import EncoderProtocol, build_encoder
 from mim_jax.models import encoders
 from mim_jax.models.classifier import ProbeClassifier
 

@@ -1,8 +1,8 @@
 """Weight interop with PyTorch checkpoints.
 
-  python -m mim_jax.convert import SRC OUT_DIR [--layout auto|timm|hf] [--heads N]
+  python -m mim_jax.interop.convert import SRC OUT_DIR [--layout auto|timm|hf] [--heads N]
       [--decoder-heads N] [--image-size N] [--trust-pickle]
-  python -m mim_jax.convert export WORKDIR OUT_DIR --format timm|hf [--step N] [--heads N]
+  python -m mim_jax.interop.convert export WORKDIR OUT_DIR --format timm|hf [--step N] [--heads N]
       [--image-size N] [--patch-size N] [--head]
 
 import: SRC is an official MAE checkpoint (.pth, timm names, the state dict possibly under
@@ -97,7 +97,7 @@ def _overrides(s, heads, decoder_heads, image_size):
 def import_weights(src, out, layout="auto", heads=0, decoder_heads=0, image_size=0,
                    trust_pickle=False):
   """Converts ``src`` into the checkpoint directory ``out``; returns what converted.json says."""
-  from mim_jax import checkpoint as ckpt_lib
+  from mim_jax.core import checkpoint as ckpt_lib
   if os.path.exists(os.path.join(out, "checkpoints")):
     raise ConversionError(f"{out} already holds checkpoints; choose a new directory")
   state, metadata, hf_config, read = files.read_source(src, trust_pickle)
@@ -186,7 +186,7 @@ def _flat_paths(tree, prefix=()):
 def export_weights(workdir, out, fmt, step=-1, heads=0, image_size=0, patch_size=0,
                    head=False):
   """Writes the encoder of ``workdir``'s checkpoint to ``out`` in timm or HF ViTModel names."""
-  from mim_jax import pretrained
+  from mim_jax.interop import pretrained
   from mim_jax.models import layout
   from mim_jax.models.vit import parse_variant
   if fmt not in ("timm", "hf"):
@@ -267,7 +267,7 @@ USAGE = "\n" + __doc__.split("\n\n")[1]
 
 
 def parse(argv):
-  parser = argparse.ArgumentParser(prog="python -m mim_jax.convert", usage=USAGE,
+  parser = argparse.ArgumentParser(prog="python -m mim_jax.interop.convert", usage=USAGE,
                                    description="Convert ViT / MAE weights between mim_jax and "
                                    "PyTorch formats (timm, official MAE, HF transformers).")
   sub = parser.add_subparsers(dest="command", required=True)
@@ -299,7 +299,7 @@ def parse(argv):
 
 def main(argv=None):
   args = parse(sys.argv[1:] if argv is None else argv)
-  from mim_jax.checkpoint import CheckpointMismatchError
+  from mim_jax.core.checkpoint import CheckpointMismatchError
   try:
     if args.command == "import":
       import_weights(args.src, args.out, args.layout, args.heads, args.decoder_heads,

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mim_jax.core.tree_paths import path_names
 from mim_jax.models import layout
 
 
@@ -71,12 +72,6 @@ def warmup_multistep(peak_lr: float, warmup_steps: int, milestones, rate: float,
     return jnp.where(step < warmup_steps, _warmup(step, peak_lr, warmup_steps, init_lr),
                      peak_lr * rate ** passed)
   return schedule
-
-
-def path_names(tree):
-  """The same pytree with each leaf replaced by its 'a/b/c' path."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: jax.tree_util.keystr(path, simple=True, separator="/"), tree)
 
 
 def decay_mask(params, exclude=()):

@@ -11,8 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mim_jax import data, sharding
+from mim_jax import data
 from mim_jax.config import ConfigError
+from mim_jax.core import sharding
 
 
 class ClassifierEvaluator:

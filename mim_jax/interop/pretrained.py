@@ -22,7 +22,8 @@ import re
 import jax
 import numpy as np
 
-from mim_jax import checkpoint as ckpt_lib
+from mim_jax.core import checkpoint as ckpt_lib
+from mim_jax.core.tree_paths import map_named, named_leaves
 from mim_jax.models import layout
 from mim_jax.models.encoders import matches
 from mim_jax.models.vit import resize_offset_table
@@ -56,11 +57,6 @@ def _read(workdir, step, item):
     return step, jax.tree.map(np.asarray, restored[item])
   finally:
     ckpt.close()
-
-
-def _flat(tree):
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {jax.tree_util.keystr(p, simple=True, separator="/"): v for p, v in flat}
 
 
 # Relative position tables that follow the model's window or grid: (name pattern, number of
@@ -114,10 +110,8 @@ def resize_tables(have: dict, want: dict, source: str) -> dict:
 
 def _resize_tree(saved, target, source):
   """``resize_tables`` on nested trees (``saved`` and ``target`` in the same layout)."""
-  flat, treedef = jax.tree_util.tree_flatten_with_path(saved)
-  names = [jax.tree_util.keystr(p, simple=True, separator="/") for p, _ in flat]
-  resized = resize_tables(dict(zip(names, (v for _, v in flat))), _flat(target), source)
-  return jax.tree_util.tree_unflatten(treedef, [resized[n] for n in names])
+  resized = resize_tables(named_leaves(saved), named_leaves(target), source)
+  return map_named(lambda name, _: resized[name], saved)
 
 
 def adapt_encoder(saved, target, spec, source: str):
@@ -128,7 +122,7 @@ def adapt_encoder(saved, target, spec, source: str):
   position tables of another window / grid are resampled (``resize_tables``, copies included);
   all others must match in name and shape.
   """
-  have, want = _flat(saved), _flat(target)
+  have, want = named_leaves(saved), named_leaves(target)
   copies = {}  # parameters new here that start as a copy of a saved one: name -> saved name
   for name in sorted(set(want) - set(have)):
     origin = next((src for pattern, src in spec.copied_from
@@ -153,12 +147,7 @@ def adapt_encoder(saved, target, spec, source: str):
   if copies:
     log.info("encoder parameters copied from the checkpoint's shared ones: %s",
              ", ".join(sorted(copies)))
-  flat, treedef = jax.tree_util.tree_flatten_with_path(target)
-  leaves = []
-  for path, value in flat:
-    name = jax.tree_util.keystr(path, simple=True, separator="/")
-    leaves.append(value if name in added else kept[name])
-  return jax.tree_util.tree_unflatten(treedef, leaves)
+  return map_named(lambda name, value: value if name in added else kept[name], target)
 
 
 def restore_into(params, spec, workdir: str, step: int = -1):

@@ -8,8 +8,9 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mim_jax import data, sharding
+from mim_jax import data
 from mim_jax.config import ConfigError
+from mim_jax.core import sharding
 
 
 class FeatureExtractor:

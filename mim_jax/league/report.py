@@ -1,5 +1,5 @@
 """The league's table, its claims and figures, rebuilt from the cells' workdirs (and, for cells
-whose workdir is not here, from the ledger: the table's previous JSON, ``mim_jax/league.py``).
+whose workdir is not here, from the ledger: the table's previous JSON, ``mim_jax/league/runner.py``).
 
 Per cell: the last value of the protocol's metric in ``metrics.jsonl`` (``METRICS``; a league
 config may replace it with its own ``METRICS``), and for a pre-training cell its wall-clock
@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from mim_jax import league as league_lib
+from mim_jax.league import runner as league_lib
 
 METRICS = {"linear_probe": "eval/top1", "finetune": "eval/top1", "finetune10": "eval/top1",
            "knn": "knn/top1"}

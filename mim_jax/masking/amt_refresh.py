@@ -2,7 +2,7 @@
 
 Each image is taken whole (resized to the training size, no crop, no flip), the encoder's last
 block gives the [CLS] attention over the patches, and the post-processed map replaces the image's
-entry in the cache ``extra["amt_cache"]`` (``mim_jax.amt``). The pass is sharded like training:
+entry in the cache ``extra["amt_cache"]`` (``mim_jax.masking.amt``). The pass is sharded like training:
 every host reads its own part of the training split, the batch is split over all devices, and the
 jitted update writes the maps of the whole global batch into the replicated cache.
 
@@ -19,8 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mim_jax import amt, data, sharding, visualize
-from mim_jax.metrics import format_duration
+from mim_jax import data
+from mim_jax.core import sharding, visualize
+from mim_jax.core.metrics import format_duration
+from mim_jax.masking import amt
 
 log = logging.getLogger("mim_jax")
 

@@ -8,7 +8,7 @@
 A league config file is an ordinary config file (``get_config("row=R,protocol=P[,arg]")``, one
 cell's config) that also has ``league()``: the rows, each a dict with ``name``, ``label``,
 ``encoder``, ``pretrain`` (bool), ``protocols`` and ``seeds``; and may have ``claims()``:
-the paper claims the table tests (``mim_jax.league_report``).
+the paper claims the table tests (``mim_jax.league.report``).
 
 Each cell is a normal workdir, ``WORKDIR/ROW/sSEED/PROTOCOL``, run by ``python -m
 mim_jax.main`` in a subprocess (its output in ``league.log`` there); an evaluation cell of a
@@ -42,8 +42,8 @@ import sys
 import time
 from typing import Optional
 
-from mim_jax import workdir as workdir_lib
-from mim_jax.metrics import format_duration
+from mim_jax.core import workdir as workdir_lib
+from mim_jax.core.metrics import format_duration
 
 CELL_FILE = "league_cell.json"
 
@@ -127,7 +127,7 @@ def command(cell: Cell, config_path: str, dataset: str, arg: str = "") -> list:
 def code_commit() -> str:
   """The commit of the code running the league (``+changes`` when tracked files differ from
   it); "" outside a git checkout."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   try:
     head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=root, check=True,
                           capture_output=True, text=True).stdout.strip()
@@ -226,7 +226,7 @@ def run_cell(cell: Cell, cmd: list) -> dict:
 
 
 def run(args) -> int:
-  from mim_jax import league_report  # pylint: disable=g-import-not-at-top
+  from mim_jax.league import report as league_report  # pylint: disable=g-import-not-at-top
   module = load_league(args.config)
   rows = module.league()
   todo = cells(rows, args.workdir, args.only, args.seeds)
@@ -301,7 +301,7 @@ def main(argv=None) -> int:
   if not args.name:
     args.name = os.path.splitext(os.path.basename(args.config))[0].removeprefix("league_")
   if args.report:
-    from mim_jax import league_report
+    from mim_jax.league import report as league_report
     module = load_league(args.config)
     paths = league_report.write(module, module.league(), args.workdir, args.results, args.name,
                                 args.seeds)

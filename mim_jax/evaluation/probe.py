@@ -10,7 +10,7 @@ signal that pre-training learns.
 
 import numpy as np
 
-from mim_jax.evaluators.features import FeatureExtractor
+from mim_jax.evaluation.features import FeatureExtractor
 
 
 class FastProbe:

@@ -4,7 +4,7 @@ with ``model.masking='amt'`` (MAE, SimMIM), configured by ``config.amt``.
 ``AMTMasking`` holds what the strategy needs inside a training step:
   * the cache: one attention map [h, w] per training image (indexed by the dataset's example
     id), ``extra["amt_cache"]`` in the train state, so it is checkpointed and a resumed run
-    continues with it; all ones until the first refresh (``mim_jax.amt_refresh``);
+    continues with it; all ones until the first refresh (``mim_jax.masking.amt_refresh``);
   * the schedule: stage 'random' (the method's plain masking, nothing thrown) before
     ``amt.start_epoch``, stage 'amt' from then on; refreshes at the start and every
     ``amt.interval_epochs`` after;
@@ -15,7 +15,8 @@ with ``model.masking='amt'`` (MAE, SimMIM), configured by ``config.amt``.
 
 import jax.numpy as jnp
 
-from mim_jax import amt_align, masking, optim
+from mim_jax.core import optim
+from mim_jax.masking import amt_align, sampling
 
 STAGES = ("random", "amt")
 
@@ -38,7 +39,7 @@ def attention_maps(cls_attention):
 class AMTMasking:
   """AMT for a method whose encoder has a ``grid`` of patches and samples units of ``block``
   pixels (``block`` = patch size: MAE; the mask cell: SimMIM). ``rounding`` of the counts:
-  see ``masking.amt_counts``."""
+  see ``sampling.amt_counts``."""
 
   def __init__(self, config, data_info, grid: tuple, block: int, rounding: str):
     a = config.amt
@@ -52,7 +53,7 @@ class AMTMasking:
     side = config.image_size // block
     self.unit_grid = (side, side)
     self.num_units = side * side
-    self.counts = masking.amt_counts(self.num_units, a.mask_ratio, a.throw_ratio, rounding)
+    self.counts = sampling.amt_counts(self.num_units, a.mask_ratio, a.throw_ratio, rounding)
     self.throw_lowest = a.throw_lowest
     self.faithful_crop_bug = a.faithful_crop_bug
     spe = optim.steps_per_epoch(data_info.num_examples, config.batch_size)
@@ -89,8 +90,8 @@ class AMTMasking:
 
   def split(self, key, weights):
     """(masked, thrown, visible) unit ids, each [B, n], drawn with probability ~ weights."""
-    order = masking.weighted_order(key, weights)
-    return masking.amt_split(order, self.counts, self.throw_lowest)
+    order = sampling.weighted_order(key, weights)
+    return sampling.amt_split(order, self.counts, self.throw_lowest)
 
   def unit_states(self, masked, thrown):
     """int32 [B, units]: 0 visible, 1 masked, 2 thrown (for pictures)."""

@@ -26,7 +26,7 @@ import socket
 import uuid
 
 from mim_jax import config as config_lib
-from mim_jax.errors import WorkdirError
+from mim_jax.core.errors import WorkdirError
 
 log = logging.getLogger("mim_jax")
 

@@ -1,4 +1,6 @@
-"""Evaluators: each has ``name``, ``every_steps`` and ``run(state) -> dict of metrics``.
+"""Evaluation: the protocols that are runs of their own (``protocols``: fine-tune, linear probe,
+kNN) and the evaluators any run calls periodically, each with ``name``, ``every_steps`` and
+``run(state) -> dict of metrics``.
 
 ``build`` picks them from the config: the fast probe (``probe.enabled``), kNN (``knn.enabled``)
 and, for methods that classify (fine-tuning, linear probing), top-1 / top-5 on ``eval.split``.
@@ -7,9 +9,9 @@ and, for methods that classify (fine-tuning, linear probing), top-1 / top-5 on `
 
 def build(config, method, mesh, num_classes: int) -> list:
   from mim_jax import data
-  from mim_jax.evaluators.classification import ClassifierEvaluator
-  from mim_jax.evaluators.knn_eval import KnnEvaluator
-  from mim_jax.evaluators.probe import FastProbe
+  from mim_jax.evaluation.classification import ClassifierEvaluator
+  from mim_jax.evaluation.knn import KnnEvaluator
+  from mim_jax.evaluation.probe import FastProbe
   out = []
   if method.logits is not None:
     out.append(ClassifierEvaluator(config, method, mesh))

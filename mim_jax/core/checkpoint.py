@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mim_jax.errors import CheckpointWriteError, UserError, write_failure
+from mim_jax.core.errors import CheckpointWriteError, UserError, write_failure
+from mim_jax.core.tree_paths import named_leaves
 
 
 class CheckpointMismatchError(UserError, ValueError):
@@ -24,9 +25,7 @@ class NoCheckpointError(UserError, FileNotFoundError):
 
 
 def _paths_and_shapes(tree):
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(getattr(v, "shape", ()))
-          for path, v in flat}
+  return {name: tuple(getattr(v, "shape", ())) for name, v in named_leaves(tree).items()}
 
 
 def check_compatible(saved, target, source: str) -> None:
@@ -54,7 +53,7 @@ ITEMS = ("params", "opt_state", "extra")
 
 def _items(state):
   """The items of ``state`` that are saved: those it has, ``extra`` only when it holds something
-  (a converted checkpoint, ``mim_jax.convert``, has ``params`` alone)."""
+  (a converted checkpoint, ``mim_jax.interop.convert``, has ``params`` alone)."""
   return [n for n in ITEMS
           if n in state and (n != "extra" or jax.tree.leaves(state["extra"]))]
 
@@ -133,12 +132,6 @@ class Checkpointer:
         name: ocp.args.StandardRestore(abstract_state[name]) for name in names}))
     return {name: restored[name] for name in names}
 
-  def restore_params(self, step: int, abstract_params):
-    self._check(step, "params", abstract_params)
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_params)))
-    return restored["params"]
-
   def wait(self):
     """Waits for the asynchronous save; CheckpointWriteError if it failed."""
     if self.failed or self._saving is None:
@@ -184,15 +177,6 @@ def open_run(workdir: str, step: int = -1):
     ckpt.close()
     raise NoCheckpointError(f"init_from: step {step} not in {ckpt_dir!r} (have {sorted(steps)})")
   return ckpt, step
-
-
-def load_params(workdir: str, abstract_params, step: int = -1):
-  """Parameters of another run's checkpoint (``config.init_from``), checked against the model."""
-  ckpt, step = open_run(workdir, step)
-  try:
-    return step, ckpt.restore_params(step, abstract_params)
-  finally:
-    ckpt.close()
 
 
 def abstract(tree, sharding):

@@ -29,6 +29,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mim_jax.core.tree_paths import path_name
+
 AXES = ("data", "fsdp")
 STRATEGIES = ("fsdp", "replicate")
 RULED = re.compile(r"^(params|opt_state|extra/ema_params)(/|$)")
@@ -80,10 +82,6 @@ def fsdp_spec(shape, fsdp: int, min_size: int) -> P:
   if best is None:
     return P()
   return P(*([None] * best + ["fsdp"]))
-
-
-def path_name(path) -> str:
-  return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def spec_for(name: str, shape, rules, fsdp: int, min_size: int) -> P:

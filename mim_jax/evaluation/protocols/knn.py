@@ -4,7 +4,7 @@ kNN evaluator (``config.knn``: k = 20, cosine, temperature 0.07). Trains nothing
 
 from ml_collections import ConfigDict
 
-from mim_jax.methods.common import EncoderProtocol, build_encoder
+from mim_jax.evaluation.protocols.encoder_protocol import EncoderProtocol, build_encoder
 from mim_jax.models import encoders
 
 

@@ -1,7 +1,9 @@
-"""Weighted k-nearest-neighbour classifier (evaluation.md, DINO's protocol: k=20, T=0.07).
+"""The kNN evaluator (evaluation.md, DINO's protocol: k=20, T=0.07): features of the training
+split form the bank, and each test image takes the weighted vote of its k nearest neighbours.
 
 Both feature sets are L2-normalized; each test feature takes its ``k`` most cosine-similar train
-features, and each neighbour votes for its class with weight ``exp(similarity / T)``.
+features, and each neighbour votes for its class with weight ``exp(similarity / T)``. Runs
+periodically during any training run (``knn.enabled``) or alone (the ``knn`` protocol).
 """
 
 import functools
@@ -9,6 +11,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mim_jax.evaluation.features import FeatureExtractor
 
 
 @jax.jit
@@ -85,3 +89,22 @@ def topk_accuracy(scores, labels, ks=(1, 5)):
   order = np.argsort(-scores, axis=1, kind="stable")
   hits = order == labels[:, None]
   return {f"top{k}": float(hits[:, :k].any(axis=1).mean()) for k in ks}
+
+
+class KnnEvaluator:
+  name = "knn"
+
+  def __init__(self, config, method, mesh, num_classes: int):
+    self.knn = config.knn
+    self.every_steps = config.knn.every_steps
+    self.num_classes = num_classes
+    self.features = FeatureExtractor(config, method, mesh, self.knn.pool, self.knn.batch_size)
+
+  def run(self, state, prefix: str = "knn/") -> dict:
+    params = state["params"]
+    x_train, y_train = self.features(params, self.knn.train_split, self.knn.train_examples)
+    x_test, y_test = self.features(params, self.knn.test_split, self.knn.test_examples)
+    scores = knn_predict(x_train, y_train, x_test, self.num_classes, k=self.knn.k,
+                         temperature=self.knn.temperature)
+    acc = topk_accuracy(scores, y_test, ks=(1, 5))
+    return {prefix + "top1": acc["top1"], prefix + "top5": acc["top5"]}
