@@ -8,7 +8,7 @@ parameter and FLOP counts, and the install hint.
 import dataclasses
 
 INSTALL_HINT = ("the PyTorch peer needs torch and transformers: "
-                "pip install -r requirements-bench.txt")
+                "pip install -e \".[torch]\" -c constraints.txt")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,9 +8,10 @@
 #   launch/tpu_vm.sh [--dry-run] run CONFIG[:ARGS] WORKDIR [--config.key=value ...]
 #   launch/tpu_vm.sh [--dry-run] delete
 #
-#   create  creates the TPU VM, then does what sync does and installs the requirements plus
-#           jax[tpu] on every worker
-#   sync    copies mim_jax/, configs/ and requirements.txt of this checkout to every worker
+#   create  creates the TPU VM, then does what sync does and installs the package (pinned by
+#           constraints.txt) plus jax[tpu] on every worker
+#   sync    copies mim_jax/, configs/ and the packaging files (pyproject.toml, constraints.txt,
+#           README.md) of this checkout to every worker
 #           (again, e.g. after editing the code)
 #   run     starts the same trainer command on every worker with
 #           --config.distributed.enabled=True; jax.distributed.initialize() finds the other
@@ -83,7 +84,8 @@ on_workers() {
 
 sync_code() {
   on_workers "$(show mkdir -p "$REMOTE_DIR")"
-  tpu_vm scp --recurse "$repo/mim_jax" "$repo/configs" "$repo/requirements.txt" \
+  tpu_vm scp --recurse "$repo/mim_jax" "$repo/configs" "$repo/pyproject.toml" \
+    "$repo/constraints.txt" "$repo/README.md" \
     "$TPU_NAME:$REMOTE_DIR" "${where[@]}" --worker=all
 }
 
@@ -100,7 +102,7 @@ case "$subcommand" in
     tpu_vm create "$TPU_NAME" "${where[@]}" --accelerator-type="$ACCELERATOR" \
       --version="$VERSION"
     sync_code
-    on_workers "$(show cd "$REMOTE_DIR") && $(show "$PYTHON" -m pip install -r requirements.txt "$JAX_TPU")"
+    on_workers "$(show cd "$REMOTE_DIR") && $(show "$PYTHON" -m pip install -e . -c constraints.txt "$JAX_TPU")"
     ;;
   sync)
     if [ $# -ne 0 ]; then

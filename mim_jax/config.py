@@ -116,56 +116,6 @@ def base_config(method: str = "mae") -> ConfigDict:
       enabled=False, every_steps=5000, train_split="train", test_split="evaluation",
       train_examples=0, test_examples=0,  # > 0: seeded class-stratified draws; 0 = all
       batch_size=256, pool="cls", k=20, temperature=0.07))
-  # --- AMT: attention-driven masking and throwing (amt.md), on with model.masking='amt' ---
-  c.amt = ConfigDict(dict(
-      mask_ratio=0.45, throw_ratio=0.40,      # MAE's; SimMIM's are 0.44 / 0.26 (on mask cells)
-      start_epoch=40.0,          # plain random masking before; first attention refresh at it
-      interval_epochs=40.0,      # refresh the attention maps every this many epochs
-      throw_lowest=False,        # throw the lowest-weight patches (the paper's figure)
-      faithful_crop_bug=False,   # align maps with the crop as the released code does (wrongly)
-      batch_size=256,            # global batch of the refresh pass
-      images=8))                 # images in the PNG written at each refresh
-  # --- MI-MAE (mi_mae.md): the views and the weights of the information terms ---
-  c.mi_mae = ConfigDict(dict(
-      num_masks=4,               # views per image
-      mask_mode="partition",     # partition (complementary) | independent (model.mask_ratio)
-      temperature=0.07,          # InfoNCE
-      lambda_max=1.0,            # InfoNCE maximization (our mapping of the seed's 1 / 1 / 10)
-      lambda_min=1.0,            # CLUB minimization
-      lambda_approx=10.0,        # weight of V's NLL in V's own loss: under V's Adam it only
-                                 # rescales the gradient, which Adam normalizes away
-      pool="mean",               # mean (of the visible tokens) | cls
-      projector_dim=0,           # > 0: a 2-layer MLP projector of this width on z
-      club_negatives="views",    # views (the same image's other views) | batch (standard CLUB)
-      min_per_dim=True,          # L_min = CLUB / latent dims (nats per dimension); False: CLUB
-                                 #   summed over dimensions (nats), as the CLUB reference sums
-      v_hidden=512,              # V's hidden width
-      v_lr=3e-3,                 # V's own AdamW (0.9, 0.999): its lr, fitted before each update
-      v_weight_decay=0.0,        #   of the encoder on the new latents (the CLUB reference: Adam)
-      v_schedule="constant",     #   constant (the CLUB reference) | cosine (the run's warmup and
-                                 #   cosine shape, peaking at v_lr)
-      v_steps=5,                 # V's updates per training step, before the encoder's (1 at
-                                 #   lr 1e-3 lets V's NLL climb as the encoder moves, digits)
-      club_start=100,            # L_min is switched on from this step on (V's NLL falls to a
-                                 #   third of its first value within 100 steps on digits) ...
-      club_start_nll=0.0,        # ... and, when > 0, once V's NLL (mi/v_nll) is at most this
-      epoch_unit="images"))      # images | views: what total_epochs / warmup_epochs count
-  # --- MLO-MAE (mlo_mae.md): the three levels, their data and the hypergradient ---
-  c.mlo = ConfigDict(dict(
-      hypergrad="finite_difference",   # finite_difference (official) | jvp | unroll
-      unroll_steps=2,            # K: theta updates per round (then one psi, one phi update)
-      fd_alpha=0.01,             # finite differences: eps = fd_alpha / ||direction||
-      remat=True,                # unroll: recompute each inner step in the backward pass
-      eps_root=1e-16,            # unroll: AdamW's eps inside the sqrt (differentiable at 0)
-      heldout_fraction=0.2,      # stage III's share of train_split: a class-stratified draw
-                                 #   (seed: config.seed); stages I and II get the rest
-      stage1_uses_all_train=False,  # the official CIFAR code: stage I on all of train_split
-      head_lr=4e-5, head_weight_decay=0.01, head_batch_size=0,        # psi; batch 0 = batch_size
-      masker_lr=4e-5, masker_weight_decay=0.01, masker_batch_size=0,  # phi
-      head_dropout=0.1,
-      masker_hidden=512,
-      learnable_pos=True,        # the encoder's sin-cos table is a parameter (official models)
-      learnable_decoder_pos=True))  # the decoder's too (official models: requires_grad=True)
   # --- restoring and evaluating earlier runs ---
   c.init_from = ""               # a workdir whose checkpoint initializes the parameters
   c.init_step = -1               # its step; -1 = latest
@@ -177,7 +127,10 @@ def base_config(method: str = "mae") -> ConfigDict:
       min_shard_size=2 ** 14))   # arrays with fewer elements stay replicated
   c.distributed = ConfigDict(dict(  # jax.distributed; SLURM and Cloud TPU are auto-detected
       enabled=False, coordinator_address="", num_processes=0, process_id=-1))
-  c.model = methods.get(method).default_model_config()
+  cls = methods.get(method)
+  c.model = cls.default_model_config()
+  for name, group in cls.config_groups().items():  # the method's own groups (amt, mi_mae, mlo)
+    c[name] = group
   c.lock()
   return c
 
@@ -219,9 +172,28 @@ def _where(error, path) -> str:
   return f" (line {lines[-1]})" if lines else ""
 
 
+def group_owners(name: str) -> list:
+  """The methods whose runs carry the top-level config group ``name`` (``Method.config_groups``)."""
+  from mim_jax import methods
+  return [m for m in methods.names() if name in methods.get(m).config_groups()]
+
+
+def _not_this_methods(name: str, method: str):
+  """A ConfigError for a key of another method's group, or None when no method owns ``name``."""
+  owners = group_owners(name)
+  if not owners:
+    return None
+  return ConfigError(f"config group {name!r} belongs to the method(s) {', '.join(owners)}; this "
+                     f"run's method is {method!r}, whose config has no {name!r} group")
+
+
 def _lookup(config, dotted):
   node, parts = config, dotted.split(".")
   for i, part in enumerate(parts):
+    if i == 0 and part not in config and "method" in config:
+      error = _not_this_methods(part, config.method)
+      if error:
+        raise error
     if not isinstance(node, ConfigDict) or part not in node:
       known = list(node.keys()) if isinstance(node, ConfigDict) else []
       near = difflib.get_close_matches(part, known, n=1)
@@ -278,7 +250,8 @@ def validate(config: ConfigDict) -> None:
     for key in node.keys():
       name = prefix + key
       if key not in ref:
-        raise ConfigError(f"unknown config key {name!r}")
+        error = _not_this_methods(key, config.method) if not prefix else None
+        raise error or ConfigError(f"unknown config key {name!r}")
       if isinstance(ref[key], ConfigDict):
         if not isinstance(node[key], ConfigDict):
           raise ConfigError(f"config key {name!r} must be a group")

@@ -170,6 +170,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def _run(config, workdir: str) -> dict:
+  config = methods.get(config.method).resolve_config(config)  # what runs, and config.json says
   mesh = make_mesh(fsdp=config.mesh.fsdp)
   replicated, batched = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   if config.batch_size % jax.device_count():

@@ -216,7 +216,7 @@ def test_peer_without_torch_says_how_to_install(monkeypatch):
   real = importlib.util.find_spec
   monkeypatch.setattr(importlib.util, "find_spec",
                       lambda name, *a: None if name == "torch" else real(name, *a))
-  with pytest.raises(SystemExit, match="pip install -r requirements-bench.txt"):
+  with pytest.raises(SystemExit, match=r"pip install -e \"\.\[torch\]\" -c constraints.txt"):
     mae_step.require_peer("torch")
 
 

@@ -186,3 +186,38 @@ def test_amt_imagenet_configs_default_to_the_papers_ratios_and_offer_the_release
   assert _load("mae_amt_imagenet.py:released").model.mask_ratio == 0.75
   with pytest.raises(config_lib.ConfigError, match="unknown config argument 'relased'"):
     _load("mae_amt_imagenet.py:relased")
+
+
+def test_each_method_carries_only_its_own_config_groups():
+  own = {"mae": {"amt"}, "simmim": {"amt"}, "mi_mae": {"amt", "mi_mae"}, "mlo_mae": {"mlo"},
+         "mixmim": set(), "finetune": set(), "linear_probe": set(), "knn": set()}
+  assert set(own) == set(methods.names())
+  for method, groups in own.items():
+    c = config_lib.base_config(method)
+    assert {g for g in ("amt", "mi_mae", "mlo") if g in c} == groups, method
+  # another method's key is an error naming whose it is, from the command line ...
+  c = config_lib.base_config("finetune")
+  with pytest.raises(config_lib.ConfigError, match="'mlo' belongs to the method.* mlo_mae; this "
+                                                   "run's method is 'finetune'"):
+    config_lib.override(c, "mlo.hypergrad", "jvp")
+  with pytest.raises(config_lib.ConfigError, match="'amt' belongs to .*mae, mi_mae, simmim"):
+    config_lib.override(config_lib.base_config("mixmim"), "amt.start_epoch", "3")
+  # ... and from a saved config (a config.json of a run whose method changed)
+  saved = config_lib.base_config("mae").to_dict()
+  saved["method"] = "mlo_mae"
+  with pytest.raises(config_lib.ConfigError, match="'amt' belongs to"):
+    config_lib.validate(config_lib.ConfigDict(saved))
+  # a name no method owns stays an unknown key
+  with pytest.raises(config_lib.ConfigError, match="unknown config key 'mloo.hypergrad'"):
+    config_lib.override(c, "mloo.hypergrad", "jvp")
+
+
+def test_the_method_resolves_what_it_decides_before_config_json_is_written():
+  c = config_lib.base_config("mlo_mae")
+  assert methods.get("mlo_mae").resolve_config(c).model.attention == "auto"  # first order
+  config_lib.override(c, "mlo.hypergrad", "unroll")
+  assert methods.get("mlo_mae").resolve_config(c).model.attention == "xla"
+  assert c.model.attention == "auto"   # a copy: the caller's config is left as given
+  config_lib.override(c, "model.attention", "cudnn")
+  with pytest.raises(ValueError, match="cuDNN's fused kernel cannot"):
+    methods.get("mlo_mae").resolve_config(c)

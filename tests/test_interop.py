@@ -1,7 +1,7 @@
 """Weight interop (mim_jax.interop.convert): round trips through timm / HF names, the patch-embedding
 layout, error messages, and numerical parity with HF transformers' ViTMAE and ViTModel.
 
-The parity tests need torch and transformers (requirements-bench.txt); without them they FAIL
+The parity tests need torch and transformers (the `torch` extra); without them they FAIL
 with an install hint rather than skip, so CI cannot pass them silently.
 """
 
@@ -31,8 +31,8 @@ def torch_and_transformers():
     import torch
     import transformers
   except ImportError as e:
-    pytest.fail(f"this test needs torch and transformers: pip install -r "
-                f"requirements-bench.txt ({e})")
+    pytest.fail(f"this test needs torch and transformers: pip install -e "
+                f"'.[torch]' -c constraints.txt ({e})")
   torch.manual_seed(0)
   return torch, transformers
 

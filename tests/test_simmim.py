@@ -275,7 +275,7 @@ def test_hier_mask_token_replaces_masked_tokens_before_positions(hier_digits):
   cells[1, [3, 9]] = 1
   # Stage-0 token mask by hand: cell (r, c) of the 4x4 grid covers tokens 2r..2r+1, 2c..2c+1.
   token_mask = np.repeat(np.repeat(cells.reshape(2, 4, 4), 2, 1), 2, 2).reshape(2, 64)
-  np.testing.assert_array_equal(method._hier_token_mask(jnp.asarray(cells)), token_mask)
+  np.testing.assert_array_equal(method._token_mask(jnp.asarray(cells)), token_mask)
   noise = jax.random.normal(jax.random.key(2), images.shape)
   changed = images + 3.0 * noise * pixel_mask(cells, 16, 4)[..., None]
   zeros = np.zeros_like(token_mask)

@@ -230,15 +230,15 @@ def test_keys_an_older_config_lacks_are_no_change_at_their_default(tmp_path):
   c = tiny_config()
   workdir_lib.write_config(c, str(tmp_path), 0)
   saved = json.load(open(tmp_path / "config.json"))
-  del saved["mi_mae"]["v_lr"]                        # as if written before the key existed
+  del saved["amt"]["interval_epochs"]                 # as if written before the key existed
   saved["a_key_since_removed"] = 1
   json.dump(saved, open(tmp_path / "config.json", "w"))
   assert workdir_lib.check_resume(c, str(tmp_path), 4) == []
-  c.mi_mae.v_lr = 0.5                                 # not the default: a change
-  with pytest.raises(errors.WorkdirError, match=r"mi_mae.v_lr: 0.003 -> 0.5"):
+  c.amt.interval_epochs = 20.0                        # not the default: a change
+  with pytest.raises(errors.WorkdirError, match=r"amt.interval_epochs: 40.0 -> 20.0"):
     workdir_lib.check_resume(c, str(tmp_path), 4)
   # A key whose default changed after it was added: a saved config without it ran as before.
-  c.mi_mae.v_lr = 3e-3
+  c.amt.interval_epochs = 40.0
   del saved["data"]["pipeline"]
   json.dump(saved, open(tmp_path / "config.json", "w"))
   c.data.pipeline = "python"

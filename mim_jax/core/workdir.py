@@ -36,10 +36,12 @@ HISTORY_DIR = "config_history"
 RUN_STATUS_NAME = "run_status.json"
 
 # Config keys (or groups, ending in '.') that a resumed run may change: they decide what is
-# logged, evaluated and saved, and how fast, not what is trained.
+# logged, evaluated and saved, and how fast, not what is trained (model.attention picks the
+# kernel that computes the same attention).
 HARMLESS = (
     "log_every", "image_every", "checkpoint.", "probe.", "knn.", "eval.", "amt.images",
-    "data.num_workers", "data.prefetch", "data.data_dir", "distributed.", "mesh.")
+    "data.num_workers", "data.prefetch", "data.data_dir", "distributed.", "mesh.",
+    "model.attention")
 
 # Keys added after runs had been written without them, whose default is not what those runs
 # did: the value that reproduces such a run. A saved config that lacks one of these ran with

@@ -16,7 +16,7 @@ from safetensors.numpy import save_file
 from mim_jax.interop.names import ConversionError
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
-TORCH_HINT = "pip install -r requirements-bench.txt"
+TORCH_HINT = 'pip install -e ".[torch]" -c constraints.txt'
 # Where a training checkpoint keeps its state dict, tried in this order.
 NESTED_KEYS = ("model", "state_dict", "model_state", "module")
 

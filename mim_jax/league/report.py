@@ -139,7 +139,7 @@ def markdown(module, rows, table, claims, name) -> str:
 
 def figures(rows, table, results, out_dir, name) -> list:
   """Accuracy per row with error bars, per protocol; each pre-training row's evaluator curve.
-  Needs matplotlib (requirements-bench.txt); without it, no figures."""
+  Needs matplotlib (the `figures` extra); without it, no figures."""
   try:
     import matplotlib  # pylint: disable=g-import-not-at-top
     matplotlib.use("Agg")

@@ -14,11 +14,25 @@ with ``model.masking='amt'`` (MAE, SimMIM), configured by ``config.amt``.
 """
 
 import jax.numpy as jnp
+from ml_collections import ConfigDict
 
 from mim_jax.core import optim
 from mim_jax.masking import amt_align, sampling
 
 STAGES = ("random", "amt")
+
+
+def default_config() -> ConfigDict:
+  """The ``amt`` config group, carried by the methods that can take AMT's masks (MAE, MI-MAE,
+  SimMIM); it acts with ``model.masking='amt'``."""
+  return ConfigDict(dict(
+      mask_ratio=0.45, throw_ratio=0.40,      # MAE's; SimMIM's are 0.44 / 0.26 (on mask cells)
+      start_epoch=40.0,          # plain random masking before; first attention refresh at it
+      interval_epochs=40.0,      # refresh the attention maps every this many epochs
+      throw_lowest=False,        # throw the lowest-weight patches (the paper's figure)
+      faithful_crop_bug=False,   # align maps with the crop as the released code does (wrongly)
+      batch_size=256,            # global batch of the refresh pass
+      images=8))                 # images in the PNG written at each refresh
 
 
 def attention_maps(cls_attention):

@@ -2,12 +2,18 @@
 cache of attention maps, its refresh. The base of the methods that take AMT's masks: MAE (and
 MI-MAE, MLO-MAE built on it) and SimMIM."""
 
+from mim_jax.masking import amt
 from mim_jax.methods.base import Method
 
 
 class AMTHooks(Method):
   """Subclasses set ``config`` and ``amt``: a ``masking.amt.AMTMasking``, or None when the run
-  uses the method's own masking (then these hooks are the contract's defaults)."""
+  uses the method's own masking (then these hooks are the contract's defaults). Their runs carry
+  the ``amt`` config group."""
+
+  @staticmethod
+  def config_groups() -> dict:
+    return {"amt": amt.default_config()}
 
   def stage(self, step: int):
     return self.amt.stage(step) if self.amt else None

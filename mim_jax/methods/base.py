@@ -17,7 +17,7 @@ CONTRACT = (
     "default_model_config", "init", "rng_streams", "loss", "features",
     "init_extra", "reconstruct", "logits", "layer_ids", "frozen", "load_pretrained", "stage",
     "epoch_fraction", "step_hooks", "data_streams", "optimizer", "make_train_step",
-    "progress_keys",
+    "progress_keys", "config_groups", "resolve_config",
 )
 
 
@@ -84,6 +84,19 @@ class Method:
   metrics with loss, grad_norm, lr)`` (MLO-MAE's rounds of three levels)."""
 
   # --- hooks with defaults -------------------------------------------------------------------
+  @staticmethod
+  def config_groups() -> dict:
+    """{name: ConfigDict}: the top-level config groups the method owns besides ``model`` (AMT's
+    ``amt``, ``mi_mae``, ``mlo``). A run's config holds these and no other method's."""
+    return {}
+
+  @staticmethod
+  def resolve_config(config: ConfigDict) -> ConfigDict:
+    """The config as the method will run it (the trainer saves this one as ``config.json``):
+    settings the method decides for itself resolved (MLO-MAE: 'auto' attention to 'xla' under a
+    second-order hypergradient)."""
+    return config
+
   epoch_fraction: float = 1.0
   """The share of the training split one configured epoch covers (MI-MAE, epochs in views:
   1 / N)."""

@@ -35,6 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from ml_collections import ConfigDict
 
 from mim_jax.core import optim
 from mim_jax.masking import sampling
@@ -44,6 +45,34 @@ from mim_jax.objectives import losses
 from mim_jax.objectives import mi_estimators as mi
 
 log = logging.getLogger("mim_jax")
+
+
+def default_config() -> ConfigDict:
+  """The ``mi_mae`` config group: the views and the weights of the information terms."""
+  return ConfigDict(dict(
+      num_masks=4,               # views per image
+      mask_mode="partition",     # partition (complementary) | independent (model.mask_ratio)
+      temperature=0.07,          # InfoNCE
+      lambda_max=1.0,            # InfoNCE maximization (our mapping of the seed's 1 / 1 / 10)
+      lambda_min=1.0,            # CLUB minimization
+      lambda_approx=10.0,        # weight of V's NLL in V's own loss: under V's Adam it only
+                                 # rescales the gradient, which Adam normalizes away
+      pool="mean",               # mean (of the visible tokens) | cls
+      projector_dim=0,           # > 0: a 2-layer MLP projector of this width on z
+      club_negatives="views",    # views (the same image's other views) | batch (standard CLUB)
+      min_per_dim=True,          # L_min = CLUB / latent dims (nats per dimension); False: CLUB
+                                 #   summed over dimensions (nats), as the CLUB reference sums
+      v_hidden=512,              # V's hidden width
+      v_lr=3e-3,                 # V's own AdamW (0.9, 0.999): its lr, fitted before each update
+      v_weight_decay=0.0,        #   of the encoder on the new latents (the CLUB reference: Adam)
+      v_schedule="constant",     #   constant (the CLUB reference) | cosine (the run's warmup and
+                                 #   cosine shape, peaking at v_lr)
+      v_steps=5,                 # V's updates per training step, before the encoder's (1 at
+                                 #   lr 1e-3 lets V's NLL climb as the encoder moves, digits)
+      club_start=100,            # L_min is switched on from this step on (V's NLL falls to a
+                                 #   third of its first value within 100 steps on digits) ...
+      club_start_nll=0.0,        # ... and, when > 0, once V's NLL (mi/v_nll) is at most this
+      epoch_unit="images"))      # images | views: what total_epochs / warmup_epochs count
 
 
 class Projector(nn.Module):
@@ -59,6 +88,10 @@ class Projector(nn.Module):
 class MIMAE(MAE):
   rng_streams = ("mask",)
   progress_keys = ("loss/rec", "mi/v_nll", "mi/club_nats", "mi/club_on")
+
+  @staticmethod
+  def config_groups() -> dict:
+    return {**MAE.config_groups(), "mi_mae": default_config()}
 
   def __init__(self, config, channels: int, num_classes: int = 0, data_info=None):
     o = config.mi_mae

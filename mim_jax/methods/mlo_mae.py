@@ -42,6 +42,25 @@ from mim_jax.models.vit_encoder import ViTEncoder
 from mim_jax.objectives import hypergrad, losses
 
 HYPERGRADS = ("finite_difference", "jvp", "unroll")
+
+
+def default_config() -> ConfigDict:
+  """The ``mlo`` config group: the three levels, their data and the hypergradient."""
+  return ConfigDict(dict(
+      hypergrad="finite_difference",   # finite_difference (official) | jvp | unroll
+      unroll_steps=2,            # K: theta updates per round (then one psi, one phi update)
+      fd_alpha=0.01,             # finite differences: eps = fd_alpha / ||direction||
+      remat=True,                # unroll: recompute each inner step in the backward pass
+      eps_root=1e-16,            # unroll: AdamW's eps inside the sqrt (differentiable at 0)
+      heldout_fraction=0.2,      # stage III's share of train_split: a class-stratified draw
+                                 #   (seed: config.seed); stages I and II get the rest
+      stage1_uses_all_train=False,  # the official CIFAR code: stage I on all of train_split
+      head_lr=4e-5, head_weight_decay=0.01, head_batch_size=0,        # psi; batch 0 = batch_size
+      masker_lr=4e-5, masker_weight_decay=0.01, masker_batch_size=0,  # phi
+      head_dropout=0.1,
+      masker_hidden=512,
+      learnable_pos=True,        # the encoder's sin-cos table is a parameter (official models)
+      learnable_decoder_pos=True))  # the decoder's too (official models: requires_grad=True)
 LEVELS = ("theta", "psi", "phi")
 THETA = ("encoder", "decoder")
 
@@ -77,8 +96,10 @@ SECOND_ORDER = ("jvp", "unroll")
 
 
 def xla_attention(config: ConfigDict) -> ConfigDict:
-  """``config`` with ``model.attention`` 'auto' resolved to 'xla' (a copy); an explicit 'cudnn'
-  is an error."""
+  """``config`` with ``model.attention`` 'auto' resolved to 'xla' (a copy) when the hypergradient
+  is second order; an explicit 'cudnn' is then an error."""
+  if config.mlo.hypergrad not in SECOND_ORDER:
+    return config
   if config.model.attention == "cudnn":
     raise ValueError(f"mlo.hypergrad={config.mlo.hypergrad!r} differentiates through attention "
                      f"twice, which cuDNN's fused kernel cannot: use model.attention='auto' or "
@@ -92,12 +113,16 @@ class MLOMAE(MAE):
   rng_streams = ()  # the masks are learned; the head's dropout keys are drawn in the step
   progress_keys = ("loss_f", "loss_m", "hypergrad_norm", "mask_prob_image_std",
                    "mask_pairs_differ")   # on each progress line
+  resolve_config = staticmethod(xla_attention)  # config.json says which attention ran
+
+  @staticmethod
+  def config_groups() -> dict:
+    return {"mlo": default_config()}   # no amt: the masks are learned
 
   def __init__(self, config: ConfigDict, channels: int, num_classes: int = 0, data_info=None):
     if config.model.masking != "random":
       raise ValueError("MLO-MAE learns its masks: model.masking must stay 'random' (unused)")
-    if config.mlo.hypergrad in SECOND_ORDER:
-      config = xla_attention(config)
+    config = xla_attention(config)
     super().__init__(config, channels, 0, data_info)
     if num_classes < 2:
       raise ValueError(f"MLO-MAE's upper levels classify: {config.dataset!r} has "
