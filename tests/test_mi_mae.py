@@ -259,18 +259,19 @@ def test_interrupted_run_resumes_bit_exact_with_both_optimizers(tmp_path, monkey
 
 def test_default_digits_config_fits_v(tmp_path, monkeypatch):
   """Under configs/mi_mae_digits.py as it is (its schedule included; logging every step), V's
-  NLL after 200 steps is at most 0.7x its first value, and the CLUB switch is where configured."""
+  NLL after 110 steps is at most 0.7x its first value, and the CLUB switch is where configured
+  (step 100: the last ten steps run with CLUB on)."""
   from test_train import sigterm_at  # pylint: disable=g-import-not-at-top
   c = config_lib.load(os.path.join(ROOT, "configs", "mi_mae_digits.py"))
   for key, value in {"log_every": 1, "probe.enabled": False, "probe.random_init": False,
                      "image_every": 10_000, "checkpoint.every_steps": 10_000}.items():
     config_lib.override(c, key, str(value))
-  sigterm_at(monkeypatch, at_batch=200)   # stops (with a checkpoint) after step 200
+  sigterm_at(monkeypatch, at_batch=110)   # stops (with a checkpoint) after step 110
   train.train_and_evaluate(c, str(tmp_path))
   rows = {r["step"]: r for r in read_metrics(str(tmp_path)) if "mi/v_nll" in r}
-  assert sorted(rows) == list(range(1, 201))
+  assert sorted(rows) == list(range(1, 111))
   check_logged(rows.values(), c.batch_size)
-  first, last = rows[1]["mi/v_nll"], rows[200]["mi/v_nll"]
+  first, last = rows[1]["mi/v_nll"], rows[110]["mi/v_nll"]
   assert last <= 0.7 * first, (first, last)
   on = [s for s in sorted(rows) if rows[s]["mi/club_on"] == 1.0]
-  assert on == list(range(c.mi_mae.club_start + 1, 201))
+  assert c.mi_mae.club_start == 100 and on == list(range(101, 111))
