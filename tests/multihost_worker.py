@@ -17,7 +17,8 @@ import sys
 
 MODE, OUT = sys.argv[1], sys.argv[2]
 DEVICES = 4 if MODE == "reference" else 2
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={DEVICES}"
+os.environ["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={DEVICES} "
+                           "--xla_llvm_disable_expensive_passes=true")  # as conftest.py
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)  # each process compiles its own programs
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -11,7 +11,7 @@ import pytest
 
 from mim_jax.league import report as league_report
 from mim_jax.league import runner as league
-from tests.test_train import ROOT
+from tests.test_train import ONE_DEVICE_XLA_FLAGS, ROOT
 
 # A league config: rows MAE (pre-training, then kNN from it), the ViT at random init (kNN) and
 # a row whose kNN cell cannot run (its config asks for a split the dataset lacks).
@@ -80,7 +80,7 @@ def dataset(tmp_path_factory):
 
 
 def test_tiny_league_runs_resumes_reports_failures_and_rebuilds(tmp_path, monkeypatch, dataset):
-  monkeypatch.setenv("XLA_FLAGS", "")  # each cell on one CPU device: faster on 2 cores
+  monkeypatch.setenv("XLA_FLAGS", ONE_DEVICE_XLA_FLAGS)  # each cell on one CPU device
   config = tmp_path / "league_tiny.py"
   config.write_text(TINY_LEAGUE)
   workdir, results = str(tmp_path / "league"), str(tmp_path / "results")

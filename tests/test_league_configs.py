@@ -284,6 +284,30 @@ def test_runlocal_is_tiny(lg):
       assert c.probe.train_examples <= 64 and c.probe.test_examples <= 64
 
 
+def test_scale_multiplies_every_training_budget_and_keeps_the_shares():
+  """``scale=N`` (the league at a larger budget) runs every cell N times longer, warmup, AMT's
+  start and the probe's period at the same shares; ``workers=W`` and ``pipeline=P`` set the
+  input pipeline only."""
+  rows = [("mae", "pretrain"), ("mae_amt", "pretrain"), ("mi_mae", "pretrain"),
+          ("mae", "linear_probe"), ("mae", "finetune"), ("supervised", "finetune10")]
+  for row, protocol in rows:
+    base = load(row, protocol)
+    big = config_lib.load(
+        f"{FASHION_MNIST.path}:row={row},protocol={protocol},scale=3,workers=7,pipeline=tf")
+    assert big.total_steps == 3 * base.total_steps, (row, protocol)
+    assert big.batch_size == base.batch_size and big.model == base.model
+    assert big.warmup_epochs == pytest.approx(3 * base.warmup_epochs)
+    assert big.data.num_workers == 7 != base.data.num_workers
+    assert (base.data.pipeline, big.data.pipeline) == ("python", "tf")
+    if protocol == "pretrain":
+      assert big.probe.every_steps == 3 * base.probe.every_steps
+    if row == "mae_amt":
+      assert big.amt.start_epoch == pytest.approx(3 * base.amt.start_epoch)
+  for bad in ("0", "-2"):
+    with pytest.raises(config_lib.ConfigError, match="scale must be a whole number"):
+      config_lib.load(f"{FASHION_MNIST.path}:row=mae,protocol=pretrain,scale={bad}")
+
+
 # ----------------------------------------------------------------------------- mnist28
 
 

@@ -5,6 +5,7 @@ tfds)."""
 import dataclasses
 import io
 import logging
+import sys
 
 import numpy as np
 import pytest
@@ -38,6 +39,20 @@ def test_digits_roles():
   assert sources.resolve_split("train[10:200]", source) == ("train", 10, 200)
   assert sources.resolve_split("test[-10:]", source) == ("test", 350, 360)  # a literal base split
   assert data.dataset_info(cfg, "digits", "evaluation") == data.DatasetInfo(10, 1, 360, 360)
+
+
+def test_plain_splits_resolve_without_tfds(monkeypatch):
+  """Where tensorflow_datasets is not installed (a GPU image with JAX alone), a split or role
+  name resolves as it does with TFDS; a slice is a clear error, as is an unknown name."""
+  source = sources.open_source("digits", make_config())
+  names = ("train", "test", "evaluation")
+  with_tfds = [sources.resolve_split(s, source) for s in names]
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)   # its import now fails
+  assert [sources.resolve_split(s, source) for s in names] == with_tfds
+  with pytest.raises(DatasetError, match="tensorflow_datasets, which is not installed"):
+    sources.resolve_split("train[:50%]", source)
+  with pytest.raises(DatasetError, match="validation"):
+    sources.resolve_split("validation", source)
 
 
 @pytest.mark.parametrize("splits,expected", [

@@ -2,8 +2,10 @@
 
 import glob
 import json
+import logging
 import os
 import signal
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +24,10 @@ from mim_jax.interop import pretrained as pretrained_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(ROOT, "configs", "mae_digits.py")
+# The tests' XLA flags (conftest.py) without the device count: for a trainer in a subprocess,
+# which is quicker on one CPU device than on eight on 2 cores.
+ONE_DEVICE_XLA_FLAGS = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                                if not f.startswith("--xla_force_host_platform_device_count"))
 
 
 def tiny_config(**overrides):
@@ -208,3 +214,18 @@ def test_demo_runlocal_end_to_end(tmp_path, capsys):
   assert all(r["images_per_sec"] > 0 for r in rows if "loss" in r and r["step"] > 10)
   out = capsys.readouterr().out
   assert "probe accuracy: pre-trained" in out and "ETA" in out
+
+
+def test_metrics_go_to_metrics_jsonl_alone_without_clu(tmp_path, monkeypatch, caplog):
+  """Where clu (TensorBoard through TensorFlow) is not installed, as on a GPU image with JAX
+  alone, the logger says so once and writes metrics.jsonl as before."""
+  from mim_jax.core import metrics  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(sys.modules, "clu", None)                   # its import now fails
+  with caplog.at_level(logging.WARNING, logger="mim_jax"):
+    writer = metrics.MetricLogger(str(tmp_path))
+  assert caplog.text.count("no TensorBoard output") == 1
+  writer.write(3, {"loss": 0.5})
+  writer.write_image(3, "reconstruction", np.zeros((4, 4, 3), np.uint8))
+  writer.close()
+  assert read_metrics(str(tmp_path)) == [{"step": 3, "loss": 0.5}]
+  assert not os.path.exists(tmp_path / "tensorboard")

@@ -16,7 +16,8 @@ from mim_jax import main as main_lib
 from mim_jax.core import errors, preemption
 from mim_jax.core import checkpoint as ckpt_lib
 from mim_jax.core import workdir as workdir_lib
-from tests.test_train import DIGITS, ROOT, final_params, read_metrics, sigterm_at, tiny_config
+from tests.test_train import (DIGITS, ONE_DEVICE_XLA_FLAGS, ROOT, final_params, read_metrics,
+                              sigterm_at, tiny_config)
 
 # The overrides of tests.test_train.tiny_config, on the command line.
 TINY = ["--config.model.variant=tiny_test/4", "--config.model.width=32", "--config.model.depth=1",
@@ -34,7 +35,7 @@ def cli(workdir, *overrides):
 def start_subprocess(workdir, *overrides, preexec_fn=None):
   """The entry point in another process (stdout and stderr to files in ``workdir``'s parent)."""
   out = open(f"{workdir}.out", "w")
-  env = dict(os.environ, XLA_FLAGS="")  # one CPU device: faster than the tests' 8 on 2 cores
+  env = dict(os.environ, XLA_FLAGS=ONE_DEVICE_XLA_FLAGS)  # one CPU device: quicker on 2 cores
   return subprocess.Popen([sys.executable, "-m", "mim_jax.main", *cli(workdir, *overrides)],
                           cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, preexec_fn=preexec_fn,
                           env=env)

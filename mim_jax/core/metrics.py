@@ -1,9 +1,11 @@
 """Metric output: TensorBoard (clu), ``metrics.jsonl`` and console progress lines.
 
-Only process 0 writes; other processes get a writer that does nothing.
+Only process 0 writes; other processes get a writer that does nothing. Where clu or TensorFlow
+is not installed (an image with JAX alone), the metrics go to ``metrics.jsonl`` only.
 """
 
 import json
+import logging
 import math
 import os
 
@@ -18,8 +20,13 @@ class MetricLogger:
     self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None
     if self.active:
-      from clu import metric_writers  # imports tensorboard: only where needed
-      self._tb = metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))
+      try:
+        from clu import metric_writers  # imports TensorFlow: only where needed
+      except ImportError as e:
+        logging.getLogger("mim_jax").warning(
+            "no TensorBoard output (%s): the metrics go to metrics.jsonl only", e)
+      else:
+        self._tb = metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, metrics: dict) -> None:
     """One JSON object per call with ``step`` and the given scalars, plus TensorBoard scalars."""
@@ -28,8 +35,9 @@ class MetricLogger:
     scalars = {k: float(v) for k, v in metrics.items()}
     with open(self.jsonl_path, "a") as f:
       f.write(json.dumps({"step": int(step), **scalars}) + "\n")
-    self._tb.write_scalars(int(step), scalars)
-    self._tb.flush()
+    if self._tb is not None:
+      self._tb.write_scalars(int(step), scalars)
+      self._tb.flush()
 
   def truncate_after(self, step: int) -> int:
     """Drops the rows of steps after ``step`` (-1: all rows), rewriting the file atomically;
@@ -54,7 +62,7 @@ class MetricLogger:
     return len(lines) - len(kept)
 
   def write_image(self, step: int, name: str, image: np.ndarray) -> None:
-    if self.active:
+    if self._tb is not None:
       self._tb.write_images(int(step), {name: image[None]})
       self._tb.flush()
 

@@ -101,12 +101,19 @@ def resolve_split(split: str, source) -> tuple[str, int, int]:
   ``source.split_size(base)`` gives the base split's size; a source with
   ``split_infos`` (TFDS' SplitDict) passes it on, which also enables TFDS'
   shard-unit slicing. Raises ``DatasetError`` for a string that does not
-  parse, names no split, or slices outside it.
+  parse, names no split, or slices outside it. Without TFDS installed, a plain split name (no
+  slice) still resolves.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
   if not isinstance(split, str):
     raise DatasetError(f"dataset {source.spec!r}: a split must be a string, got {split!r}")
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    if any(c in split for c in "[]+"):
+      raise DatasetError(f"dataset {source.spec!r}: split {split!r}: slices and '+' are read "
+                         f"by tensorflow_datasets, which is not installed") from None
+    base = base_split(split, source)
+    return base, 0, source.split_size(base)
   try:
     instruction = tfds.core.ReadInstruction.from_spec(split)
   except (ValueError, NotImplementedError, AssertionError) as e:

@@ -137,9 +137,16 @@ def _row(name):
 
 
 def get_config(setup: Setup, arg=None):
-  """One cell: ``arg`` is "row=ROW,protocol=PROTOCOL[,runlocal]" (a string or parsed)."""
+  """One cell: ``arg`` is "row=ROW,protocol=PROTOCOL[,scale=N][,workers=W][,pipeline=P]
+  [,runlocal]" (a string or parsed). ``scale=N``: every training budget N times the setup's
+  (the league at a larger budget, as on a GPU: ``python -m mim_jax.league ... --arg
+  scale=4,workers=12,pipeline=tf``); ``workers=W``: W input-pipeline workers (data.num_workers);
+  ``pipeline=P``: data.pipeline P instead of the setup's."""
   if arg is None or isinstance(arg, str):
-    arg = parse_arg(arg, row="mae", protocol="pretrain", runlocal=False)
+    arg = parse_arg(arg, row="mae", protocol="pretrain", runlocal=False, scale=1, workers=0,
+                    pipeline="")
+  if arg.get("scale", 1) != 1:
+    setup = scaled(setup, arg.scale)
   name, _, encoder, base, protocols, _ = _row(arg.row)
   choose("protocol", arg.protocol, PROTOCOLS)
   has = (["pretrain"] if base else []) + protocols
@@ -153,9 +160,25 @@ def get_config(setup: Setup, arg=None):
     c = evaluation(setup, arg.protocol, encoder, pretrained)
   if c.method != "mlo_mae":
     c.compute_dtype = setup.compute_dtype
+  if arg.get("workers", 0):
+    c.data.num_workers = arg.workers
+  if arg.get("pipeline", ""):
+    c.data.pipeline = choose("pipeline", arg.pipeline, ("python", "tf"))
   if arg.runlocal:
     runlocal(c)
   return c
+
+
+def scaled(setup: Setup, factor: int) -> Setup:
+  """``setup`` with every training budget (pre-training images, linear-probe and fine-tune
+  steps) ``factor`` times longer; schedules, shares and evaluations follow."""
+  if not isinstance(factor, int) or factor < 1:
+    raise ValueError(f"scale must be a whole number >= 1, got {factor!r}")
+  return dataclasses.replace(
+      setup, pretrain_images=factor * setup.pretrain_images,
+      linear_probe_steps=factor * setup.linear_probe_steps,
+      finetune_steps=factor * setup.finetune_steps,
+      finetune10_steps=factor * setup.finetune10_steps)
 
 
 # ----------------------------------------------------------------------------- pieces
