@@ -118,6 +118,8 @@ def test_tiny_league_runs_resumes_reports_failures_and_rebuilds(tmp_path, monkey
   rows = [json.loads(line) for line in open(os.path.join(workdir, "mae/s0/knn/metrics.jsonl"))]
   assert mae_knn["value"] == [r["knn/top1"] for r in rows if "knn/top1" in r][-1]
   assert f"| MAE | vit | {mae_knn['value']:.4f} |" in table_md
+  assert (f"Measured with `python -m mim_jax.league --config {config} --dataset {dataset} "
+          f"--workdir {workdir} --results {results}`") in table_md         # the whole matrix's
   assert "| broken | vit |  |  |  | knn s0 (exit 2) |" in table_md          # shown, not hidden
   pre = [r for r in data["cells"] if r["protocol"] == "pretrain"][0]
   assert pre["images_per_sec"] > 0 and [s for s, _ in pre["curves"]["knn/top1"]] == [3, 6]
@@ -168,10 +170,12 @@ def test_the_ledger_carries_done_cells_to_a_checkout_without_their_workdirs(tmp_
   # Another machine: the workdirs are gone, the ledger (the table's JSON) is there.
   calls.clear()
   assert league.main(argv + ["--workdir", str(tmp_path / "machine_b")]) == 0
-  assert calls == [] and md_path.read_text() == table_md
+  # the same table, its command naming this machine's workdir
+  table_b = table_md.replace("machine_a", "machine_b")
+  assert calls == [] and md_path.read_text() == table_b
   md_path.unlink()
   assert league.main(argv + ["--workdir", str(tmp_path / "machine_b"), "--report"]) == 0
-  assert md_path.read_text() == table_md
+  assert md_path.read_text() == table_b
 
   # An evaluation missing from the ledger: its pre-training runs again for the checkpoint.
   js = tmp_path / "results" / "league_tiny.json"

@@ -106,13 +106,17 @@ def _fmt(stats, scale=1.0, digits=4):
   return text
 
 
-def markdown(module, rows, table, claims, name) -> str:
+def markdown(module, rows, table, claims, name, command="") -> str:
   protocols = []
   for row in rows:
     protocols += [p for p in row["protocols"] if p not in protocols]
   head = ["row", "encoder"] + [NAMES.get(p, p) for p in protocols] + [
       "pre-training wall-clock (s)", "images/s", "failed cells"]
-  lines = [f"# League: {name}", "", (module.__doc__ or "").strip().split("\n\n")[0], "",
+  lines = [f"# League: {name}", "", (module.__doc__ or "").strip().split("\n\n")[0], ""]
+  if command:
+    lines += [f"Measured with `{command}` (run again, it goes on where it stopped; with "
+              f"`--report`, it rebuilds this table).", ""]
+  lines += [
            "Accuracies are top-1 fractions of the evaluation split, mean +- standard deviation "
            "over seeds (their number in brackets; one seed shows the value alone). images/s: "
            "the median training rate of the pre-training run's progress lines, in images read "
@@ -194,10 +198,11 @@ def commits_line(results) -> str:
   return "Cells ran at commit " + ", ".join(f"{c} ({n} cells)" for c, n in counts.items()) + "."
 
 
-def write(module, rows, workdir, out_dir, name, seeds=None) -> list:
+def write(module, rows, workdir, out_dir, name, seeds=None, command="") -> list:
   """Writes league_<name>.md, .json and the figures into ``out_dir``; returns their paths. A
   cell with no workdir record keeps its ledger entry (the JSON written before); ledger entries
-  of cells outside this table (other seeds) are kept in the JSON."""
+  of cells outside this table (other seeds) are kept in the JSON. ``command``: the league's
+  command, named in the table."""
   metrics = dict(METRICS, **getattr(module, "METRICS", {}))
   ledger = league_lib.read_ledger(out_dir, name)
   results = []
@@ -212,7 +217,7 @@ def write(module, rows, workdir, out_dir, name, seeds=None) -> list:
   md = os.path.join(out_dir, f"league_{name}.md")
   js = league_lib.ledger_path(out_dir, name)
   pngs = figures(rows, table, results, out_dir, name)
-  text = markdown(module, rows, table, claims, name)
+  text = markdown(module, rows, table, claims, name, command)
   commits = commits_line(results)
   text += f"\n{commits}\n" if commits else ""
   text += "".join(f"\n![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in pngs)

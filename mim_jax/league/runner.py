@@ -275,10 +275,29 @@ def run(args) -> int:
           (f" (exit {record['exit_status']}; see {cell.workdir}/league.log)"
            if record["status"] == "failed" else ""), flush=True)
     # the table (and ledger) after every cell: a machine that goes away keeps what it finished
-    league_report.write(module, rows, args.workdir, args.results, args.name, args.seeds)
-  paths = league_report.write(module, rows, args.workdir, args.results, args.name, args.seeds)
+    league_report.write(module, rows, args.workdir, args.results, args.name, args.seeds,
+                        league_command(args))
+  paths = league_report.write(module, rows, args.workdir, args.results, args.name, args.seeds,
+                              league_command(args))
   print(f"league: {len(todo)} cells, {failed} failed this time; table: {paths[0]}", flush=True)
   return 0
+
+
+def league_command(args) -> str:
+  """The command that runs this league (its whole matrix: --only and --seeds left out)."""
+  parts = ["python -m mim_jax.league", "--config", args.config]
+  for flag in ("dataset", "arg", "workdir"):
+    if getattr(args, flag):
+      parts += [f"--{flag}", getattr(args, flag)]
+  if os.path.normpath(args.results) != "results":
+    parts += ["--results", args.results]
+  if args.name != default_name(args.config):
+    parts += ["--name", args.name]
+  return " ".join(parts)
+
+
+def default_name(config_path: str) -> str:
+  return os.path.splitext(os.path.basename(config_path))[0].removeprefix("league_")
 
 
 def main(argv=None) -> int:
@@ -299,12 +318,12 @@ def main(argv=None) -> int:
   args.only = [r for r in args.only.split(",") if r]
   args.seeds = [int(s) for s in args.seeds.split(",") if s] or None
   if not args.name:
-    args.name = os.path.splitext(os.path.basename(args.config))[0].removeprefix("league_")
+    args.name = default_name(args.config)
   if args.report:
     from mim_jax.league import report as league_report
     module = load_league(args.config)
     paths = league_report.write(module, module.league(), args.workdir, args.results, args.name,
-                                args.seeds)
+                                args.seeds, league_command(args))
     print(f"table: {paths[0]}")
     return 0
   return run(args)
