@@ -4,7 +4,7 @@
       [--dtype float32|bfloat16] [--steps N] [--warmup N] [--batch_size B]
       [--peak_flops F] [--peer torch [--torch_compile] [--rounds R]]
       [--masking random|amt|both] [--compare [--rounds R]] [--pipelined]
-      [--data folder:PATH [--pipeline tf|python] [--num_workers N]]
+      [--data folder:PATH [--pipeline tf|python] [--num_workers N] [--in_memory]]
 
 The step is the project's own: ``train.make_train_step`` over ``methods.get(workload.method)``
 ("mae", or "mixmim" for the ``mixmim_*`` workloads), AdamW from ``optim.make_optimizer``,
@@ -23,7 +23,8 @@ instead (amt.md: r 0.45 / t 0.40, the weights drawn from a random attention cach
 and MixMIM-B) in alternating rounds, each in its own worker process (its own peak memory), and
 adds a line of ratios against the first MAE workload, e.g. ``mixmim_over_mae_images_per_sec``.
 ``--data SPEC`` adds a line for the same step fed by the input pipeline from a real dataset
-(``data_over_synthetic``: below 1 when the step waits for its input).
+(``data_over_synthetic``: below 1 when the step waits for its input; ``--in_memory``: the
+folder decoded into memory first, ``data.in_memory``, and not timed).
 See README.md.
 """
 
@@ -398,6 +399,7 @@ def real_data_row(jx: "JaxStep", args, synthetic: dict) -> dict:
   c = jx.config.data
   c.pipeline = args.pipeline
   c.num_workers = args.num_workers or len(os.sched_getaffinity(0))
+  c.in_memory = args.in_memory
   c.mean, c.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
   it = data.train_iterator(c, args.data, "train", global_batch_size=jx.batch_size,
                            image_size=jx.workload.image_size, seed=0)
@@ -420,7 +422,7 @@ def real_data_row(jx: "JaxStep", args, synthetic: dict) -> dict:
     batches.close()
   rate = args.steps * jx.batch_size / seconds
   return {"workload": jx.workload.name, "data": args.data, "pipeline": args.pipeline,
-          "num_workers": c.num_workers, "steps": args.steps, "batch_size": jx.batch_size,
+          "num_workers": c.num_workers, "in_memory": c.in_memory, "steps": args.steps, "batch_size": jx.batch_size,
           "data_images_per_sec": rate,
           "synthetic_images_per_sec": synthetic["images_per_sec"],
           "data_over_synthetic": rate / synthetic["images_per_sec"],
@@ -621,6 +623,8 @@ def parse_args(argv=None):
                   help="with --data: config.data.pipeline")
   ap.add_argument("--num_workers", type=int, default=0,
                   help="with --data: config.data.num_workers (0: one per core)")
+  ap.add_argument("--in_memory", action="store_true",
+                  help="with --data folder:PATH: decode it into memory first (data.in_memory)")
   ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # --compare's worker
   args = ap.parse_args(argv)
   if args.steps < 1 or args.warmup < 0:

@@ -76,6 +76,8 @@ def base_config(method: str = "mae") -> ConfigDict:
       data_dir="", crop_scale=(0.2, 1.0), crop_ratio=(0.75, 4.0 / 3.0), flip=True,
       eval_crop_pct=0.875, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
       shuffle_buffer=10_000, num_workers=2, prefetch=2,
+      in_memory=False,            # folder datasets: decode each split once into memory
+                                  #   (same-sized images); batches augmented at once
       pipeline="tf",              # tf (tf.data, C++ threads; uint8 batches normalized on
                                   #   the devices) | python (threads, PIL; the digits demos')
       antialias=True,             # resize as PIL / torchvision; False (pipeline tf only):

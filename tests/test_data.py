@@ -11,7 +11,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from PIL import Image
 
 from data_helpers import (assert_batches_equal, constant_png, make_config, take,
-                          tfds_mock_reader)
+                          tfds_mock_reader, write_image_folder)
 from mim_jax import data
 from mim_jax.core.errors import DatasetError
 from mim_jax.data import sources, transforms
@@ -205,6 +205,51 @@ def test_folder_resume_is_exact(image_folder):
   resumed = data.train_iterator(cfg, spec, "train", start_step=3, **kw)
   assert_batches_equal(full[3], next(resumed))
   assert_batches_equal(full[4], next(resumed))
+
+
+def test_in_memory_folder_gives_the_lazy_folders_batches(tmp_path):
+  """``data.in_memory`` decodes a split once and augments whole batches with resampling
+  matrices; the lazy folder resizes image by image with PIL. The same examples, crops, flips
+  and labels come out, and the same pixels up to float rounding, in training (from any step)
+  and in both evaluation transforms."""
+  root = write_image_folder(tmp_path / "same_size", {"train": {"a": 7, "b": 6, "c": 5},
+                                                     "val": {"a": 3, "b": 4, "c": 2}}, size=20)
+  spec = f"folder:{root}"
+  lazy, memory = make_config(crop_scale=(0.35, 1.0)), make_config(crop_scale=(0.35, 1.0),
+                                                                  in_memory=True)
+  assert sources.open_source(spec, memory).in_memory
+  assert not sources.open_source(spec, lazy).in_memory
+  kw = dict(global_batch_size=8, image_size=14, seed=5)
+  for start in (0, 4):
+    a = take(data.train_iterator(lazy, spec, "train", start_step=start, **kw), 3)
+    b = take(data.train_iterator(memory, spec, "train", start_step=start, **kw), 3)
+    for x, y in zip(a, b):
+      assert x.keys() == y.keys()
+      for key in ("id", "label", "crop_box", "flipped"):
+        np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+      np.testing.assert_allclose(x["image"], y["image"], atol=1e-4)
+  assert len({int(i) for x in a for i in x["id"]}) > 8  # the draws cover more than one batch
+  for whole in (False, True):
+    ev = [list(data.eval_iterator(cfg, spec, "evaluation", global_batch_size=4, image_size=14,
+                                  whole_image=whole)) for cfg in (lazy, memory)]
+    assert len(ev[0]) == len(ev[1]) == 3
+    for x, y in zip(*ev):
+      for key in ("id", "label", "mask"):
+        np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+      np.testing.assert_allclose(x["image"], y["image"], atol=1e-4)
+
+
+def test_in_memory_folder_names_the_images_it_cannot_hold(image_folder):
+  """Images of several sizes or an unreadable file: a DatasetError naming them and the way
+  out, before any batch; and ``data.in_memory`` on a dataset that is not a folder."""
+  cfg = make_config(in_memory=True)
+  with pytest.raises(DatasetError) as err:
+    next(data.train_iterator(cfg, f"folder:{image_folder}", "train", global_batch_size=4,
+                             image_size=8, seed=0))
+  message = str(err.value)
+  assert "broken.jpg" in message and "not (" in message and "data.in_memory=False" in message
+  with pytest.raises(DatasetError, match="applies to folder datasets"):
+    sources.open_source("digits", cfg)
 
 
 # --------------------------------------------------------------------- tfds

@@ -286,19 +286,21 @@ def test_runlocal_is_tiny(lg):
 
 def test_scale_multiplies_every_training_budget_and_keeps_the_shares():
   """``scale=N`` (the league at a larger budget) runs every cell N times longer, warmup, AMT's
-  start and the probe's period at the same shares; ``workers=W`` and ``pipeline=P`` set the
-  input pipeline only."""
+  start and the probe's period at the same shares; ``workers=W``, ``pipeline=P`` and
+  ``memory`` set the input pipeline only."""
   rows = [("mae", "pretrain"), ("mae_amt", "pretrain"), ("mi_mae", "pretrain"),
           ("mae", "linear_probe"), ("mae", "finetune"), ("supervised", "finetune10")]
   for row, protocol in rows:
     base = load(row, protocol)
     big = config_lib.load(
-        f"{FASHION_MNIST.path}:row={row},protocol={protocol},scale=3,workers=7,pipeline=tf")
+        f"{FASHION_MNIST.path}:row={row},protocol={protocol},scale=3,workers=7,pipeline=tf,"
+        f"memory")
     assert big.total_steps == 3 * base.total_steps, (row, protocol)
     assert big.batch_size == base.batch_size and big.model == base.model
     assert big.warmup_epochs == pytest.approx(3 * base.warmup_epochs)
     assert big.data.num_workers == 7 != base.data.num_workers
     assert (base.data.pipeline, big.data.pipeline) == ("python", "tf")
+    assert (base.data.in_memory, big.data.in_memory) == (False, True)
     if protocol == "pretrain":
       assert big.probe.every_steps == 3 * base.probe.every_steps
     if row == "mae_amt":

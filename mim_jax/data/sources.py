@@ -16,7 +16,11 @@ Spec forms:
   the sorted subdirectories of ``PATH/train`` when it exists (so labels agree
   between splits), otherwise of the split directory. Examples are ordered by
   class, then file name. Images are decoded to RGB (3 channels). Hidden
-  directories (``.name``) are neither splits nor classes.
+  directories (``.name``) are neither splits nor classes. With
+  ``data.in_memory`` the folder's splits are decoded once, on first use, into
+  one uint8 array each (``InMemoryFolderSource``: same-sized images, such as
+  Fashion-MNIST or CIFAR as PNGs), and the Python pipeline augments whole
+  batches at once instead of image by image.
 
 Split strings follow TFDS (``train``, ``train[:80%]``, ``train[10:200]``,
 ``train[:-100]``...) for every source and are resolved with TFDS' own code, so
@@ -48,6 +52,7 @@ import io
 import logging
 import os
 import threading
+import time
 import types
 
 import numpy as np
@@ -293,6 +298,78 @@ class FolderSource:
     return decode_image(self.file(base, index))
 
 
+class InMemoryFolderSource(FolderSource):
+  """A folder whose splits are decoded once into memory (``data.in_memory``).
+
+  The same examples, ids and labels as ``FolderSource``; ``images(base)`` is uint8
+  [N, H, W, 3], decoded on first use and kept for the process (every iterator and evaluator of
+  a run shares it). Decoding is sequential: small images decode faster in one thread than in
+  several fighting for the interpreter (Fashion-MNIST's PNGs, measured on the 2-core VM: 16,400
+  images/s in one thread, 6,300 in two). Every image of a split must decode and have the
+  same size: otherwise a ``DatasetError`` names the files (unlike the lazy folder, which skips
+  unreadable images; leave ``data.in_memory`` off to train past them).
+  """
+
+  in_memory = True
+
+  def images(self, base: str) -> np.ndarray:
+    files = tuple(self._split(base)[0])
+    key = (os.path.realpath(self.path), base, files)
+    with _DECODED_LOCK:
+      cached = _DECODED.get(key)
+      if cached is None:
+        cached = _decode_split(files, f"{self.spec} split {base!r}")
+        while len(_DECODED) >= _DECODED_SPLITS:
+          _DECODED.pop(next(iter(_DECODED)))  # the oldest
+        _DECODED[key] = cached
+      return cached
+
+
+_DECODED: dict = {}
+_DECODED_LOCK = threading.Lock()
+_DECODED_SPLITS = 4  # splits kept decoded (a run uses two: train and evaluation)
+_MEMORY_SHARE = 0.5  # a decoded split may take at most this share of the machine's memory
+
+
+def _decode_split(files, what: str) -> np.ndarray:
+  """uint8 [N, H, W, 3] of every file, or a DatasetError naming the bad ones."""
+  start = time.perf_counter()
+  try:
+    first = decode_image(files[0])
+  except Exception as e:  # pylint: disable=broad-except
+    raise DatasetError(f"{what}: data.in_memory takes the size of the images from the first, "
+                       f"{files[0]}, which cannot be read ({e})") from e
+  need = first.nbytes * len(files)
+  try:
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+    have = None
+  if have and need > _MEMORY_SHARE * have:
+    raise DatasetError(
+        f"{what}: {len(files)} images of {first.shape} need {need / 2**30:.1f} GiB decoded, over "
+        f"half of this machine's {have / 2**30:.1f} GiB; set data.in_memory=False")
+  out = np.empty((len(files),) + first.shape, np.uint8)
+  bad = []
+  for j, path in enumerate(files):
+    try:
+      image = decode_image(path)
+    except Exception as e:  # pylint: disable=broad-except
+      bad.append(f"{path} ({e})")
+      continue
+    if image.shape != first.shape:
+      bad.append(f"{path} (size {image.shape[:2]}, not {first.shape[:2]})")
+      continue
+    out[j] = image
+  if bad:
+    raise DatasetError(
+        f"{what}: data.in_memory needs every image readable and of one size; {len(bad)} are "
+        f"not: {bad[:5]}{' ...' if len(bad) > 5 else ''} (fix or remove them, or set "
+        f"data.in_memory=False: the lazy folder skips unreadable images)")
+  logger.info("Decoded %s into memory: %d images of %s (%.0f MB) in %.1f s", what, len(files),
+              first.shape, need / 2**20, time.perf_counter() - start)
+  return out
+
+
 def _subdirs(path: str) -> list[str]:
   """Sorted subdirectories of ``path``, hidden ones (``.name``) left out."""
   return sorted(d for d in os.listdir(path)
@@ -467,11 +544,17 @@ def open_source(dataset: str, data_config):
 
   Raises ``DatasetError`` for a spec of no known form, or a dataset that cannot be opened.
   """
+  in_memory = bool(data_config.get("in_memory", False)) if data_config else False
+  if in_memory and not dataset.startswith("folder:"):
+    raise DatasetError(f"data.in_memory applies to folder datasets, not {dataset!r} (digits is "
+                       f"in memory already)")
   if dataset == "digits":
     return _digits_source()
   if dataset.startswith("tfds:") and dataset[5:]:
     return TfdsSource(dataset[5:], data_config.get("data_dir") if data_config else None)
   if dataset.startswith("folder:") and dataset[7:]:
+    if in_memory:
+      return InMemoryFolderSource(os.path.expanduser(dataset[7:]))
     return FolderSource(os.path.expanduser(dataset[7:]))
   raise DatasetError(f"unknown dataset spec {dataset!r}: --config.dataset must be {SPEC_FORMS} "
                      f"(e.g. folder:/data/my_images with train/CLASS/*.jpg and val/CLASS/*.jpg)")

@@ -143,13 +143,15 @@ def _row(name):
 
 def get_config(setup: Setup, arg=None):
   """One cell: ``arg`` is "row=ROW,protocol=PROTOCOL[,scale=N][,workers=W][,pipeline=P]
-  [,runlocal]" (a string or parsed). ``scale=N``: every training budget N times the setup's
-  (the league at a larger budget, as on a GPU: ``python -m mim_jax.league ... --arg
-  scale=4,workers=12,pipeline=tf``); ``workers=W``: W input-pipeline workers (data.num_workers);
-  ``pipeline=P``: data.pipeline P instead of the setup's."""
+  [,memory][,runlocal]" (a string or parsed). ``scale=N``: every training budget N times the
+  setup's (the league at a larger budget, as on a GPU: ``python -m mim_jax.league ... --arg
+  scale=4,workers=12,pipeline=python,memory``); ``workers=W``: W input-pipeline workers
+  (data.num_workers); ``pipeline=P``: data.pipeline P instead of the setup's; ``memory``: a
+  folder dataset decoded into memory once per cell (data.in_memory; what feeds a GPU without
+  TensorFlow)."""
   if arg is None or isinstance(arg, str):
     arg = parse_arg(arg, row="mae", protocol="pretrain", runlocal=False, scale=1, workers=0,
-                    pipeline="")
+                    pipeline="", memory=False)
   if arg.get("scale", 1) != 1:
     setup = scaled(setup, arg.scale)
   name, _, encoder, base, protocols, _ = _row(arg.row)
@@ -169,6 +171,8 @@ def get_config(setup: Setup, arg=None):
     c.data.num_workers = arg.workers
   if arg.get("pipeline", ""):
     c.data.pipeline = choose("pipeline", arg.pipeline, ("python", "tf"))
+  if arg.get("memory", False):
+    c.data.in_memory = True
   if arg.runlocal:
     runlocal(c)
   return c
