@@ -2,7 +2,7 @@
 
   python -m benchmarks.input_pipeline [--folder PATH | --generate N] [--tfds NAME --data_dir D]
       [--cores 1,2] [--pipelines python,tf,tf_no_antialias] [--batch_size 64] [--image_size 224]
-      [--batches 20] [--rounds 2] [--mode train|eval]
+      [--batches 20] [--rounds 2] [--mode train|eval] [--no_reference]
 
 Workloads: a folder of JPEGs (``--folder``, or ``--generate N`` ImageNet-like ones: 330-500 px,
 smooth colour fields plus noise, quality 90, written once under /tmp) and, with ``--tfds``, a
@@ -15,7 +15,10 @@ to k cores (``os.sched_setaffinity``):
   bicubic resize, random flip, batch; ``num_parallel_calls`` = k, a private pool of k threads;
 * ``python`` / ``tf`` / ``tf_no_antialias``: ``data.train_iterator`` with ``data.pipeline``
   set so (the last with ``data.antialias = False``, the reference's resize) and
-  ``data.num_workers`` = k (RandomResizedCrop 0.2-1 + flip, normalized float32 batches).
+  ``data.num_workers`` = k (RandomResizedCrop 0.2-1 + flip, normalized float32 batches);
+  ``python_in_memory`` / ``tf_in_memory``: with ``data.in_memory`` (a folder of same-sized
+  images decoded once, before the timing: e.g. ``--folder`` of Fashion-MNIST's PNGs from
+  ``python -m mim_jax.data.idx``, with ``--no_reference``, since the reference reads JPEGs).
 
 ``--mode eval`` times the evaluation iterator instead (one ordered pass: decode, bicubic resize
 of the shorter side to image_size / 0.875, center crop), against a tf.data map doing the same
@@ -137,8 +140,9 @@ def _mim_batches(dataset, data_dir, pipeline, batch, image_size, cores, mode="tr
   from mim_jax import config as config_lib
   from mim_jax import data
   c = config_lib.base_config("mae").data
-  c.pipeline, c.num_workers = pipeline.replace("_no_antialias", ""), cores
-  c.antialias = not pipeline.endswith("_no_antialias")
+  c.pipeline, c.num_workers = pipeline.split("_")[0], cores
+  c.antialias = "_no_antialias" not in pipeline
+  c.in_memory = "_in_memory" in pipeline
   if data_dir:
     c.data_dir = data_dir
   if mode == "eval":
@@ -180,7 +184,10 @@ def main(argv=None):
   ap.add_argument("--data_dir", default="", help="TFDS data_dir")
   ap.add_argument("--cores", default="", help="core counts, e.g. 1,2 (default: 1 .. all)")
   ap.add_argument("--pipelines", default="python,tf,tf_no_antialias",
-                  help="mim_jax pipelines to time (tf_no_antialias: tf, data.antialias=False)")
+                  help="mim_jax pipelines to time (tf_no_antialias: tf, data.antialias=False; "
+                       "python_in_memory, tf_in_memory: data.in_memory)")
+  ap.add_argument("--no_reference", action="store_true",
+                  help="leave out the tf.data reference (it decodes JPEGs only)")
   ap.add_argument("--batch_size", type=int, default=64)
   ap.add_argument("--image_size", type=int, default=224)
   ap.add_argument("--batches", type=int, default=20, help="timed batches per measurement")
@@ -203,7 +210,8 @@ def main(argv=None):
     workloads.append(("tfds (generated)", "tfds:mim_bench_jpegs", generate_tfds(folder)))
   elif args.tfds:
     workloads.append((f"tfds:{args.tfds}", f"tfds:{args.tfds}", args.data_dir))
-  pipelines = ["reference"] + [p for p in args.pipelines.split(",") if p]
+  pipelines = ([] if args.no_reference else ["reference"]) + [
+      p for p in args.pipelines.split(",") if p]
   for name, dataset, data_dir in workloads:
     rates = {}
     for k in cores:
@@ -227,7 +235,9 @@ def main(argv=None):
                         "image_size": args.image_size, "load_after": round(load, 2)}),
             flush=True)
     summary = {"workload": name, "mode": args.mode, "summary": True}
-    for pipeline in pipelines[1:]:
+    for pipeline in pipelines:
+      if pipeline == "reference":
+        continue
       for k in cores:
         if (pipeline, k) not in rates:
           continue

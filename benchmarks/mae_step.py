@@ -422,7 +422,8 @@ def real_data_row(jx: "JaxStep", args, synthetic: dict) -> dict:
     batches.close()
   rate = args.steps * jx.batch_size / seconds
   return {"workload": jx.workload.name, "data": args.data, "pipeline": args.pipeline,
-          "num_workers": c.num_workers, "in_memory": c.in_memory, "steps": args.steps, "batch_size": jx.batch_size,
+          "num_workers": c.num_workers, "in_memory": c.in_memory, "steps": args.steps,
+          "batch_size": jx.batch_size,
           "data_images_per_sec": rate,
           "synthetic_images_per_sec": synthetic["images_per_sec"],
           "data_over_synthetic": rate / synthetic["images_per_sec"],

@@ -426,6 +426,24 @@ def test_crop_then_identity_resize_gives_exact_pixels():
     np.testing.assert_allclose(one, out[i], atol=1e-3)  # single-image path agrees
 
 
+def test_small_images_look_their_windows_up_with_the_same_weights():
+  """Up to ~40 px every window's resampling matrix is computed once and looked up: each equals
+  the direct computation, bit for bit, and the direct one still serves large images."""
+  rng = np.random.default_rng(0)
+  for in_size, out_size in ((28, 28), (8, 12), (32, 16)):
+    assert in_size * (in_size + 1) * out_size * in_size <= transforms._TABLE_ELEMENTS
+    length = rng.integers(1, in_size + 1, 64)
+    start = (rng.random(64) * (in_size - length + 1)).astype(int)
+    looked_up = transforms.window_weights(start, length, in_size, out_size)
+    direct = transforms._window_weights(start, length, in_size, out_size)
+    assert looked_up.shape == (64, out_size, in_size)
+    np.testing.assert_array_equal(looked_up, direct)
+    np.testing.assert_allclose(looked_up.sum(axis=2), 1.0, atol=1e-6)
+  assert 300 * 301 * 224 * 300 > transforms._TABLE_ELEMENTS
+  np.testing.assert_array_equal(transforms.window_weights([10], [250], 300, 224),
+                                transforms._window_weights([10], [250], 300, 224))
+
+
 def test_full_crop_train_transform_equals_eval_transform():
   opts = transforms.AugmentOptions(crop_scale=(1, 1), crop_ratio=(1, 1), flip=False, eval_crop_pct=1.0)
   image = np.random.default_rng(0).integers(0, 256, (4, 20, 20, 3), dtype=np.uint8)

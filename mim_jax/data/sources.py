@@ -303,7 +303,7 @@ class InMemoryFolderSource(FolderSource):
 
   The same examples, ids and labels as ``FolderSource``; ``images(base)`` is uint8
   [N, H, W, 3], decoded on first use and kept for the process (every iterator and evaluator of
-  a run shares it). Decoding is sequential: small images decode faster in one thread than in
+  a run shares it; every host decodes the whole split). Decoding is sequential: small images decode faster in one thread than in
   several fighting for the interpreter (Fashion-MNIST's PNGs, measured on the 2-core VM: 16,400
   images/s in one thread, 6,300 in two). Every image of a split must decode and have the
   same size: otherwise a ``DatasetError`` names the files (unlike the lazy folder, which skips

@@ -118,12 +118,35 @@ def _cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
   return np.where(x < 1, near, np.where(x < 2, far, 0.0))
 
 
+_TABLE_ELEMENTS = 1 << 22  # small images: every window's matrix computed once (<= 16 MB)
+
+
 def window_weights(start, length, in_size: int, out_size: int) -> np.ndarray:
   """Matrices [n, out_size, in_size] bicubic-resizing windows [start, start + length) to out_size.
 
   ``start`` and ``length`` are int arrays [n]. Pixels outside a window get
-  weight 0, so this crops and resizes in one go.
+  weight 0, so this crops and resizes in one go. For small images (up to ~40 px) the matrices
+  of every window are computed once and looked up: the same values, without the per-batch
+  arithmetic (half the in-memory pipeline's time on Fashion-MNIST).
   """
+  if in_size * (in_size + 1) * out_size * in_size <= _TABLE_ELEMENTS:
+    return _window_table(in_size, out_size)[np.asarray(start), np.asarray(length)]
+  return _window_weights(start, length, in_size, out_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _window_table(in_size: int, out_size: int) -> np.ndarray:
+  """float32 [in_size, in_size + 1, out_size, in_size]: [start, length] is that window's
+  matrix (zeros where the window does not fit)."""
+  start, length = np.meshgrid(np.arange(in_size), np.arange(in_size + 1), indexing="ij")
+  fits = (length >= 1) & (start + length <= in_size)
+  table = np.zeros((in_size, in_size + 1, out_size, in_size), np.float32)
+  table[fits] = _window_weights(start[fits], length[fits], in_size, out_size)
+  table.flags.writeable = False
+  return table
+
+
+def _window_weights(start, length, in_size: int, out_size: int) -> np.ndarray:
   start = np.asarray(start, np.float64)[:, None, None]
   length = np.asarray(length, np.float64)[:, None, None]
   scale = length / out_size
