@@ -58,6 +58,9 @@ class Setup:
   finetune_mix_aug: bool = True
   # dataset-specific changes to a pre-training config, after the league's: f(c, row name)
   adjust_pretraining: Optional[Callable] = None
+  # seeds of rows other than the default ones (MAE and from-scratch at 0, 1, 2; the rest at 0):
+  # {row name: [seeds]}, e.g. for the rows whose claims need their own seed noise
+  seeds: dict = dataclasses.field(default_factory=dict)
 
 
 def _rows():
@@ -127,10 +130,12 @@ def league(setup: Setup):
   the entries of ``claims()`` about the row). ``protocols`` are the evaluations; a row with
   ``pretrain`` also has the cell ``protocol=pretrain``, which its evaluations start from (the
   runner's convention)."""
-  del setup  # the rows are the same on every dataset
   every_claim = claims()
+  unknown = sorted(set(setup.seeds) - {r[0] for r in _rows()})
+  if unknown:
+    raise ValueError(f"Setup.seeds: unknown rows {unknown}")
   return [dict(name=name, label=label, encoder=encoder, pretrain=base is not None,
-               protocols=list(protocols), seeds=list(seeds),
+               protocols=list(protocols), seeds=list(setup.seeds.get(name, seeds)),
                claims=[c for c in every_claim if c["row"] == name])
           for name, label, encoder, base, protocols, seeds in _rows()]
 
