@@ -116,14 +116,16 @@ files, 60 steps per row, images/s of the progress lines after compilation (steps
   for a linear read-out and for fine-tuning with all or 10 % of the labels at a small
   fine-tune budget (half an epoch), against supervised training from scratch at that budget;
   each method's speed; MAE's and from-scratch's spread over 3 seeds, the noise that the
-  single-seed rows are read against. What it cannot show: the papers' claims, made at hundreds of
-  epochs of ImageNet on ViT-B (MAE 1600, AMT 400, MI-MAE 400, MixMIM 600): at 1.6 epochs a ranking
-  is one of early-training efficiency, not of converged quality; differences within ~2 seed
-  standard deviations; AMT's saving (fewer tokens: 386 vs 330 img/s) at this size, since its 9
-  refresh passes (990 s) take 4x its own training time; a full linear probe (1 epoch instead of
-  90 understates what is linearly readable); MLO-MAE's masking network after more than 300
-  rounds. The pre-training budget is in images seen, so slow methods (MixMIM, MLO-MAE) get more
-  wall-clock: the table's wall-clock and images/s columns show that cost.
+  single-seed rows are read against (MI-MAE and MAE + AMT at 3 seeds, SimMIM and SimMIM + AMT
+  at 2, added later, are read against their own spread: ~1.5 hours more). What it cannot
+  show: the papers' claims, made at hundreds of epochs of ImageNet on ViT-B (MAE 1600, AMT 400,
+  MI-MAE 400, MixMIM 600): at 1.6 epochs a ranking is one of early-training efficiency, not of
+  converged quality; differences within ~2 seed standard deviations; AMT's saving (fewer
+  tokens: 386 vs 330 img/s) at this size, since its 9 refresh passes (990 s) take 4x its own
+  training time; a full linear probe (1 epoch instead of 90 understates what is linearly
+  readable); MLO-MAE's masking network after more than 300 rounds. The pre-training budget is
+  in images seen, so slow methods (MixMIM, MLO-MAE) get more wall-clock: the table's
+  wall-clock and images/s columns show that cost.
 """
 
 from mim_jax.league import cells as league_cells
@@ -162,10 +164,10 @@ SETUP = league_cells.Setup(
     finetune_mix_aug=False,       # at half an epoch MAE's regularizers keep it from fitting
     pipeline="python",            # the one the league was measured with (the default then)
     adjust_pretraining=_adjust_pretraining,
-    # the one claim of a method over MAE that held at one seed (MI-MAE's probe) and AMT's
-    # reversed one, each read against its own seeds' spread, not MAE's (added 2026-12-05:
-    # ~21 and ~36 minutes a seed)
-    seeds={"mi_mae": [0, 1, 2], "mae_amt": [0, 1]},
+    # the rows of the claims that held or were reversed at one seed (MI-MAE's probe, AMT's
+    # on MAE and on SimMIM), each read against its own seeds' spread, not MAE's (added
+    # 2026-12-05: 10 to 20 minutes a seed)
+    seeds={"mi_mae": [0, 1, 2], "mae_amt": [0, 1, 2], "simmim": [0, 1], "simmim_amt": [0, 1]},
 )
 
 

@@ -131,7 +131,8 @@ def test_matrix(lg):
                                                "supervised_simmim_vit"))
     if r["pretrain"]:
       assert r["protocols"] == evals
-    more = {"mi_mae": [0, 1, 2], "mae_amt": [0, 1]} if lg is FASHION_MNIST else {}
+    more = ({"mi_mae": [0, 1, 2], "mae_amt": [0, 1, 2], "simmim": [0, 1], "simmim_amt": [0, 1]}
+            if lg is FASHION_MNIST else {})
     default = [0, 1, 2] if r["name"] in ("mae", "supervised") else [0]
     assert r["seeds"] == more.get(r["name"], default)
   by = {r["name"]: r for r in rows}
