@@ -170,15 +170,22 @@ def figures(rows, table, results, out_dir, name) -> list:
   curves = [r for r in results if r["protocol"] == "pretrain" and r.get("curves")]
   keys = [k for k in CURVE_KEYS if any(r["curves"].get(k) for r in curves)]
   if keys:
-    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.5), squeeze=False)
+    # one colour per row, one line style per seed (seeds of a row side by side)
+    row_names = list(dict.fromkeys(r["row"] for r in curves))
+    colours = plt.get_cmap("tab10" if len(row_names) <= 10 else "tab20")
+    seeds = sorted({r["seed"] for r in curves})
+    styles = ("-", "--", ":", "-.")
+    fig, axes = plt.subplots(1, len(keys), figsize=(7.5 * len(keys), 4.5), squeeze=False)
     for ax, key in zip(axes[0], keys):
-      for r in curves:
+      for r in sorted(curves, key=lambda r: (row_names.index(r["row"]), r["seed"])):
         if r["curves"].get(key):
           steps, values = zip(*r["curves"][key])
-          ax.plot(steps, values, marker=".", label=f"{r['row']} s{r['seed']}")
+          ax.plot(steps, values, marker=".", color=colours(row_names.index(r["row"])),
+                  linestyle=styles[seeds.index(r["seed"]) % len(styles)],
+                  label=f"{r['row']} s{r['seed']}")
       ax.set_title(f"{key} during pre-training")
       ax.set_xlabel("step")
-      ax.legend(fontsize=7)
+      ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     paths.append(os.path.join(out_dir, f"league_{name}_curves.png"))
     fig.savefig(paths[-1], dpi=100)
