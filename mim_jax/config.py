@@ -78,6 +78,8 @@ def base_config(method: str = "mae") -> ConfigDict:
       shuffle_buffer=10_000, num_workers=2, prefetch=2,
       in_memory=False,            # folder datasets: decode each split once into memory
                                   #   (same-sized images); batches augmented at once
+      on_device=False,            # small datasets: each split decoded once onto the devices,
+                                  #   batches gathered and augmented there (data/on_device.py)
       pipeline="tf",              # tf (tf.data, C++ threads; uint8 batches normalized on
                                   #   the devices) | python (threads, PIL; the digits demos')
       antialias=True,             # resize as PIL / torchvision; False (pipeline tf only):
@@ -98,6 +100,7 @@ def base_config(method: str = "mae") -> ConfigDict:
       momentum=0.9, trust_coefficient=0.001,   # lars
       layer_decay=1.0,            # layer-wise lr decay (fine-tuning: 0.65 - 0.75); 1 = off
       wd_exclude=()))             # regexes of parameter paths without weight decay (besides 1-D)
+  c.steps_per_call = 1           # > 1: that many optimizer steps in one jitted call (lax.scan)
   c.ema_decay = 0.0              # > 0 keeps an exponential moving average of the weights
   c.compute_dtype = "float32"    # float32 | bfloat16 (parameters stay float32)
   # --- logging, checkpoints, images ---

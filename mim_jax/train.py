@@ -8,6 +8,7 @@ A method (``mim_jax.methods``: a pre-training method or an evaluation protocol, 
 """
 
 import contextlib
+import dataclasses
 import functools
 import io
 import logging
@@ -32,6 +33,7 @@ from mim_jax.core import workdir as workdir_lib
 from mim_jax.core.errors import NonFiniteLossError, WriteError, write_failure
 from mim_jax.core.metrics import MetricLogger, format_duration, progress_line
 from mim_jax.core.rng import stream_key
+from mim_jax.data import on_device
 from mim_jax.interop import pretrained
 from mim_jax.models import layout
 
@@ -126,12 +128,56 @@ def make_train_step(method, tx, schedule, base_key, ema_decay: float = 0.0, stag
   return train_step
 
 
-def jit_train_step(train_step, mesh, state_sharding=None):
-  """The jitted step; the state keeps ``state_sharding`` (default: replicated)."""
+def scan_steps(train_step):
+  """K steps in one function: ``(state, batches) -> (state, metrics)`` over batches stacked
+  along a leading axis of K, the metrics stacked the same way (``steps_per_call``)."""
+  def steps(state, batches):
+    return jax.lax.scan(train_step, state, batches)
+  return steps
+
+
+def jit_train_step(train_step, mesh, state_sharding=None, steps: int = 1):
+  """The jitted step (``steps`` > 1: that many, ``scan_steps``, over stacked batches); the
+  state keeps ``state_sharding`` (default: replicated) and is donated."""
   replicated, batched = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   state_sharding = replicated if state_sharding is None else state_sharding
+  if steps > 1:
+    train_step, batched = scan_steps(train_step), on_device.stacked_sharding(mesh)
   return jax.jit(train_step, in_shardings=(state_sharding, batched),
                  out_shardings=(state_sharding, replicated), donate_argnums=0)
+
+
+def call_length(step: int, steps_per_call: int, total_steps: int, boundary) -> int:
+  """How many steps the call starting at ``step`` runs: ``steps_per_call`` when the call is
+  aligned (``step`` a multiple of it), ends within the run and nothing has to happen between
+  two of its steps (``boundary(t)``: something is due between steps t - 1 and t: a checkpoint,
+  an evaluation, an image, a hook, a change of stage); else 1. So calls start at the same steps
+  however a run was interrupted and resumed, and everything due runs at its own step."""
+  k = steps_per_call
+  if k <= 1 or step % k or step + k > total_steps:
+    return 1
+  return 1 if any(boundary(t) for t in range(step + 1, step + k)) else k
+
+
+def note_unfused_intervals(config, evals, images: bool) -> None:
+  """Logs the intervals that are not multiples of ``steps_per_call``: single steps are taken up
+  to each of their steps (``call_length``)."""
+  k = config.steps_per_call
+  intervals = [("checkpoint.every_steps", config.checkpoint.every_steps)] + (
+      [("image_every", config.image_every)] if images else []) + [
+      (f"{e.name}.every_steps", e.every_steps) for e in evals]
+  off = [f"{name} {every}" for name, every in intervals if k > 1 and every % k]
+  if off:
+    log.info("steps_per_call %d: %s not a multiple of it; the run takes single steps up to "
+             "each of their steps", k, ", ".join(off))
+
+
+def unstack_metrics(metrics, steps: int) -> list:
+  """The per-step metric dicts of a call (host copies; stacked along the first axis when
+  ``steps`` > 1)."""
+  if steps == 1:
+    return [metrics]
+  return [{k: v[i] for k, v in metrics.items()} for i in range(steps)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,14 +215,33 @@ def train_and_evaluate(config, workdir: str) -> dict:
       preemption.uninstall()
 
 
-def _run(config, workdir: str) -> dict:
-  config = methods.get(config.method).resolve_config(config)  # what runs, and config.json says
-  mesh = make_mesh(fsdp=config.mesh.fsdp)
-  replicated, batched = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+@dataclasses.dataclass(frozen=True)
+class RunSetup:
+  """What a run trains, as ``setup_run`` builds it from the config (no workdir touched)."""
+  info: data.DatasetInfo       # the training split's
+  method: object               # a methods.base.Method
+  streams: dict                # {name: (split, global batch)}: Method.data_streams
+  step_images: int             # images of the first stream per step
+  schedule: object             # step -> learning rate
+  total_steps: int
+  base_key: jax.Array          # the run's key, folded into named streams (core/rng.py)
+  tx: object                   # the optimizer
+  init: object                 # () -> a fresh state
+  state_sharding: object
+  abstract_state: object       # shapes and shardings of the state
+
+
+def setup_run(config, mesh) -> RunSetup:
+  """The method, its data streams, schedule, optimizer and state initializer of ``config`` (a
+  ConfigError for settings that cannot run); what ``train_and_evaluate`` runs, and what
+  benchmarks and tests build steps from."""
   if config.batch_size % jax.device_count():
     raise ConfigError(f"batch_size {config.batch_size} does not divide over "
                       f"{jax.device_count()} devices")
-
+  if not (isinstance(config.steps_per_call, int) and config.steps_per_call >= 1):
+    raise ConfigError(f"steps_per_call must be an integer >= 1, got {config.steps_per_call!r}")
+  if config.data.on_device:
+    on_device.check_options(config.data)
   if not 0.0 < config.train_fraction <= 1.0:
     raise ConfigError(f"train_fraction must be in (0, 1], got {config.train_fraction}")
   train_split = (config.train_split if config.train_fraction == 1.0 else
@@ -216,7 +281,18 @@ def _run(config, workdir: str) -> dict:
   init = state_initializer(method, tx, base_key, ema=config.ema_decay > 0)
   shapes = jax.eval_shape(init)
   state_sharding = sharding.state_shardings(shapes, mesh, config.mesh)
-  abstract_state = ckpt_lib.abstract_sharded(shapes, state_sharding)
+  return RunSetup(info, method, streams, step_images, schedule, total_steps, base_key, tx, init,
+                  state_sharding, ckpt_lib.abstract_sharded(shapes, state_sharding))
+
+
+def _run(config, workdir: str) -> dict:
+  config = methods.get(config.method).resolve_config(config)  # what runs, and config.json says
+  mesh = make_mesh(fsdp=config.mesh.fsdp)
+  replicated = sharding.replicated(mesh)
+  run = setup_run(config, mesh)
+  info, method, streams, step_images = run.info, run.method, run.streams, run.step_images
+  schedule, total_steps, base_key, tx = run.schedule, run.total_steps, run.base_key, run.tx
+  init, state_sharding, abstract_state = run.init, run.state_sharding, run.abstract_state
   n_params = sum(x.size for x in jax.tree.leaves(abstract_state["params"]))
   log.info("%s on %s (%d examples, %d classes): %s parameters, %d steps of %d images, "
            "%d devices on %d hosts, mesh %s", config.method, config.dataset, info.num_examples,
@@ -224,7 +300,7 @@ def _run(config, workdir: str) -> dict:
            jax.process_count(), dict(mesh.shape))
   if mesh.shape["fsdp"] > 1:
     log.info("fsdp: %.1f%% of the state's elements sharded over %d devices",
-             100 * sharding.sharded_fraction(state_sharding, shapes), mesh.shape["fsdp"])
+             100 * sharding.sharded_fraction(state_sharding, abstract_state), mesh.shape["fsdp"])
   if len(streams) > 1:
     log.info("training streams: %s", ", ".join(f"{name} {split} ({size} per step)"
                                                  for name, (split, size) in streams.items()))
@@ -287,28 +363,34 @@ def _run(config, workdir: str) -> dict:
 
     reconstruct = None
     if method.reconstruct is not None:
-      vis_images = _visualization_batch(config, batched)
+      vis_images = _visualization_batch(config, mesh)
       reconstruct = jax.jit(method.reconstruct, out_shardings=replicated)
-    step_fns = {}  # one jitted step per stage of the method (most methods have one)
+    # One jitted step per stage of the method (most methods have one) and call length: 1, and
+    # steps_per_call where that is more than 1 (call_length).
+    step_fns = {}
 
-    def step_fn_at(step):
+    def step_fn_at(step, k):
       stage = method.stage(step)
-      if stage not in step_fns:
-        step_fns[stage] = jit_train_step(
+      if (stage, k) not in step_fns:
+        step_fns[stage, k] = jit_train_step(
             make_train_step(method, tx, schedule, base_key, config.ema_decay, stage), mesh,
-            state_sharding)
-      return step_fns[stage]
+            state_sharding, steps=k)
+      return step_fns[stage, k]
 
     # Hooks run before the step they are due at (AMT's attention refresh).
     hooks = method.step_hooks(mesh)
-    train_its = {name: data.train_iterator(config.data, config.dataset, split,
-                                           global_batch_size=size, image_size=config.image_size,
-                                           seed=_stream_seed(config.seed, name), start_step=start)
-                 for name, (split, size) in streams.items()}
-    train_it = train_its[""] if "" in train_its else data.Zip(train_its)
-    batches = data.device_prefetch(train_it, batched, size=config.data.prefetch)
+    batches = data.train_feeder(config, streams, mesh, start,
+                                {name: _stream_seed(config.seed, name) for name in streams})
     closers.append(batches)
-    pending = []  # (step, metrics on device) since the last check: fetched in one go
+
+    note_unfused_intervals(config, evals, reconstruct is not None)
+
+    def boundary(t):  # something is due between steps t - 1 and t (call_length)
+      return (t % config.checkpoint.every_steps == 0
+              or (reconstruct is not None and t % config.image_every == 0)
+              or any(t % e.every_steps == 0 for e in evals)
+              or any(hook.due(t) for hook in hooks) or method.stage(t) != method.stage(t - 1))
+    pending = []  # (step, metrics on device, steps in the call) since the last check
     window_start, window_steps, excluded = None, 0, 0.0
 
     def flush(step):
@@ -316,18 +398,20 @@ def _run(config, workdir: str) -> dict:
       nonlocal window_start, window_steps, excluded
       if not pending:
         return
-      fetched = jax.device_get([m for _, m in pending])
-      for (s, _), m in zip(pending, fetched):
+      fetched = []
+      for (s, _, k), m in zip(pending, jax.device_get([m for _, m, _ in pending])):
+        fetched += [(s - k + 1 + i, one) for i, one in enumerate(unstack_metrics(m, k))]
+      for s, m in fetched:
         if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
           last = ckpt.latest_step()
           raise NonFiniteLossError(
               f"non-finite loss ({m['loss']}) or gradient norm ({m['grad_norm']}) at step {s}; "
               f"that update was not applied; last checkpoint: "
               f"{'none' if last is None else f'step {last} in {ckpt.directory}'}")
-      means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
-      means["lr"] = float(fetched[-1]["lr"])
+      means = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
+      means["lr"] = float(fetched[-1][1]["lr"])
       pending.clear()
-      row = dict(means, **{"data/skipped_images": getattr(train_it, "skipped_images", 0)})
+      row = dict(means, **{"data/skipped_images": batches.skipped_images})
       if window_start is not None and window_steps:
         elapsed = time.time() - window_start - excluded
         row["images_per_sec"] = window_steps * step_images / max(elapsed, 1e-9)
@@ -370,15 +454,16 @@ def _run(config, workdir: str) -> dict:
     previous = None  # the metrics of the step before: at most two steps are queued on the device
     while step < total_steps:
       state = run_hooks(state, step)
+      k = call_length(step, config.steps_per_call, total_steps, boundary)
       compiled = len(step_fns)
-      step_fn = step_fn_at(step)
-      if len(step_fns) > compiled and window_start is not None:  # a new stage compiles now
+      step_fn = step_fn_at(step, k)
+      if len(step_fns) > compiled and window_start is not None:  # a new step compiles now
         flush(step)
         window_start = None
       t_step = time.time()
-      state, m = step_fn(state, next(batches))
-      step += 1
-      pending.append((step, m))
+      state, m = step_fn(state, batches.take(step, k))
+      before, step = step, step + k
+      pending.append((step, m, k))
       if previous is not None:  # so that a checkpoint can be taken at the next step boundary
         jax.block_until_ready(previous["loss"])
       previous = m
@@ -386,16 +471,17 @@ def _run(config, workdir: str) -> dict:
       if window_start is None:  # the first step includes compilation: time from its end
         jax.block_until_ready(m["loss"])
         stage = method.stage(step - 1)
-        log.info("first step%s done (compiled) in %s", "" if stage is None else f" of {stage!r}",
-                 format_duration(time.time() - (t_start if step == start + 1 else t_step)))
+        log.info("first %s%s done (compiled) in %s", "step" if k == 1 else f"call of {k} steps",
+                 "" if stage is None else f" of {stage!r}",
+                 format_duration(time.time() - (t_start if before == start else t_step)))
         window_start = time.time()
       else:
-        window_steps += 1
+        window_steps += k
       last = step == total_steps
       preempted = preemption.requested() or (
           jax.process_count() > 1 and ckpt.manager.reached_preemption(step))
       save = step % config.checkpoint.every_steps == 0 or last or preempted
-      if step % config.log_every == 0 or save:
+      if step // config.log_every > before // config.log_every or save:
         flush(step)  # a checkpoint's step is in metrics.jsonl before the checkpoint
       t0 = time.time()
       if reconstruct and (step % config.image_every == 0 or last):
@@ -473,10 +559,13 @@ def _format(metrics: dict, prefix: str) -> str:
                    for k, v in metrics.items() if k.startswith(prefix + "/"))
 
 
-def _visualization_batch(config, sharding):
+def _visualization_batch(config, mesh):
   """A fixed batch (8 images, rounded up to the device count) of the probe's test split."""
   n = math.ceil(8 / jax.device_count()) * jax.device_count()
   split = config.probe.test_split if config.probe.enabled else config.train_split
-  it = data.eval_iterator(config.data, config.dataset, split, global_batch_size=n,
-                          image_size=config.image_size, max_examples=n)
-  return next(iter(data.device_prefetch(it, sharding)))["image"]
+  batches = data.eval_batches(config.data, config.dataset, split, global_batch_size=n,
+                              image_size=config.image_size, mesh=mesh, max_examples=n)
+  try:
+    return next(iter(batches))["image"]
+  finally:
+    batches.close()

@@ -8,7 +8,9 @@
       same data-parallel steps, each process feeding its half of every global batch, then a
       short run of the real trainer (mesh.fsdp = 2) in OUT_DIR/run.
 
-Writes OUT_DIR/<mode>[_<process>].json (losses) and .npz (final parameters).
+Writes OUT_DIR/<mode>[_<process>].json (losses) and .npz (final parameters), and
+OUT_DIR/device_batches_<mode>[_<process>].npz: global batches made on the devices
+(``data.on_device``), whole on every process.
 """
 
 import json
@@ -37,6 +39,7 @@ from mim_jax import config as config_lib  # noqa: E402
 from mim_jax import data, methods, train  # noqa: E402
 from mim_jax.core import sharding, tree_paths  # noqa: E402
 from mim_jax.core.rng import stream_key  # noqa: E402
+from mim_jax.data import on_device  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLOBAL_BATCH, STEPS = 16, 4
@@ -91,6 +94,20 @@ def run_steps(c, batches):
       specs=specs, fraction=sharding.sharded_fraction(shardings, shapes), initial=initial)
 
 
+def device_batches(c):
+  """Steps 0-2 of the demo's stream on the devices (the last two as one stacked call), gathered
+  whole: the same on one process and on two."""
+  mesh = train.make_mesh()
+  stream = on_device.TrainStream(c.data, c.dataset, c.train_split, global_batch_size=GLOBAL_BATCH,
+                                 image_size=c.image_size, seed=0, mesh=mesh)
+  whole = jax.jit(lambda b: b, out_shardings=sharding.replicated(mesh))
+  batches = [jax.device_get(whole(stream.take(0)))] + [
+      jax.device_get(whole(stream.take(1, 2)))]
+  name = "device_batches_" + MODE + (f"_{PROCESS}" if MODE == "multihost" else "")
+  np.savez(os.path.join(OUT, name + ".npz"),
+           **{f"{i}_{k}": v for i, b in enumerate(batches) for k, v in b.items()})
+
+
 def flat_params(params, mesh):
   """{path: numpy array} of the whole parameters, gathered from their shards."""
   gathered = jax.jit(lambda p: p, out_shardings=sharding.replicated(mesh))(params)
@@ -111,6 +128,7 @@ def save(name, losses, params, extra=None):
 def main():
   c = demo_config()
   batches = global_batches(c)
+  device_batches(c)
   if MODE == "reference":
     save("dp", *run_steps(c, batches))
     losses, params, info = run_steps(demo_config(**{"mesh.fsdp": 4}), batches)

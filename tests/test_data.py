@@ -435,13 +435,13 @@ def test_small_images_look_their_windows_up_with_the_same_weights():
     length = rng.integers(1, in_size + 1, 64)
     start = (rng.random(64) * (in_size - length + 1)).astype(int)
     looked_up = transforms.window_weights(start, length, in_size, out_size)
-    direct = transforms._window_weights(start, length, in_size, out_size)
+    direct = transforms.compute_window_weights(start, length, in_size, out_size)
     assert looked_up.shape == (64, out_size, in_size)
     np.testing.assert_array_equal(looked_up, direct)
     np.testing.assert_allclose(looked_up.sum(axis=2), 1.0, atol=1e-6)
   assert 300 * 301 * 224 * 300 > transforms._TABLE_ELEMENTS
   np.testing.assert_array_equal(transforms.window_weights([10], [250], 300, 224),
-                                transforms._window_weights([10], [250], 300, 224))
+                                transforms.compute_window_weights([10], [250], 300, 224))
 
 
 def test_full_crop_train_transform_equals_eval_transform():

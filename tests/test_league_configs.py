@@ -315,6 +315,13 @@ def test_scale_multiplies_every_training_budget_and_keeps_the_shares():
       assert big.probe.every_steps == 3 * base.probe.every_steps
     if row == "mae_amt":
       assert big.amt.start_epoch == pytest.approx(3 * base.amt.start_epoch)
+  # device, k=K: the dataset on the devices, K steps per call, intervals multiples of K
+  fused = config_lib.load(f"{FASHION_MNIST.path}:row=mae,protocol=pretrain,device,k=32")
+  base = load("mae", "pretrain")
+  assert (fused.data.on_device, fused.steps_per_call) == (True, 32)
+  for group in ("checkpoint", "probe"):
+    every, was = fused[group].every_steps, base[group].every_steps
+    assert every % 32 == 0 and was <= every < was + 32, group
   for bad in ("0", "-2"):
     with pytest.raises(config_lib.ConfigError, match="scale must be a whole number"):
       config_lib.load(f"{FASHION_MNIST.path}:row=mae,protocol=pretrain,scale={bad}")

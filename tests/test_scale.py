@@ -74,6 +74,19 @@ def test_two_processes_match_one_process(runs):
   assert _relative_to_training(r["multihost"]["params"], r["dp"]["params"], r["initial"]) < 1e-3
 
 
+def test_on_device_batches_are_the_same_on_one_and_two_processes(runs):
+  """data.on_device: every process computes the global batch's ids; the devices gather and
+  augment their part; gathered, the batches of 1 process x 4 devices and of 2 x 2 are one."""
+  out, _ = runs
+  with np.load(os.path.join(out, "device_batches_reference.npz")) as z:
+    reference = dict(z)
+  assert reference["1_image"].shape[:2] == (2, 16) and len(reference) == 10
+  for process in (0, 1):
+    with np.load(os.path.join(out, f"device_batches_multihost_{process}.npz")) as z:
+      for key, value in z.items():
+        np.testing.assert_allclose(value, reference[key], atol=1e-6, err_msg=key)
+
+
 def test_multihost_trainer_run_writes_once_and_checkpoints(runs):
   """The real trainer in 2 processes (fsdp over each host's 2 devices): both finish, process 0
   alone writes metrics (one row per step, not two) and images, every host takes part in the

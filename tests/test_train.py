@@ -69,7 +69,8 @@ def test_eight_devices_match_one_device():
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = train.make_mesh(devices)
     rep, bat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    state = jax.jit(train.state_initializer(method, tx, key), out_shardings=rep)()
+    init = jax.jit(train.state_initializer(method, tx, key), out_shardings=rep)
+    state = init()
     batch = {"image": jax.device_put(images, bat)}
     grad_fn = jax.jit(jax.value_and_grad(method.loss, has_aux=True),
                       in_shardings=(rep, rep, bat, rep), out_shardings=rep)
@@ -77,10 +78,19 @@ def test_eight_devices_match_one_device():
     step = train.jit_train_step(train.make_train_step(method, tx, optax_sched(), key), mesh)
     new_state, _ = step(state, batch)
     results.append(jax.device_get((loss, grads, new_state["params"])))
-    for i in range(2):  # new data, same shapes: no recompilation (static shapes under jit)
-      other = {"image": jax.device_put(images + i + 1, bat)}
+    batches = [batch] + [{"image": jax.device_put(images + i + 1, bat)} for i in range(2)]
+    for other in batches[1:]:  # new data, same shapes: no recompilation (static shapes under jit)
       new_state, _ = step(new_state, other)
     assert step._cache_size() == 1
+    if len(devices) == 1:  # steps_per_call: the same three steps in one call (lax.scan)
+      fused = train.jit_train_step(train.make_train_step(method, tx, optax_sched(), key), mesh,
+                                   steps=3)
+      stacked = jax.device_put(jax.tree.map(lambda *x: jnp.stack(x), *batches),
+                               data.on_device.stacked_sharding(mesh))
+      fused_state, metrics = fused(init(), stacked)
+      assert metrics["loss"].shape == (3,) and int(fused_state["step"]) == 3
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                   jax.device_get(fused_state), jax.device_get(new_state))
     assert len(batch["image"].sharding.device_set) == len(devices)
   (l1, g1, p1), (l8, g8, p8) = results
   np.testing.assert_allclose(l1, l8, rtol=1e-5)
@@ -106,7 +116,7 @@ def sigterm_at(monkeypatch, at_batch, counts=lambda batch: True):
         if taken == at_batch:
           signal.raise_signal(signal.SIGTERM)
       yield batch
-  monkeypatch.setattr(train.data, "device_prefetch", wrapped)
+  monkeypatch.setattr(train.data.prefetch, "device_prefetch", wrapped)
 
 
 def run_straight_and_interrupted(c, tmp_path, monkeypatch, at_batch):
@@ -191,7 +201,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
       if i == 6:
         batch = dict(batch, image=np.full_like(batch["image"], np.nan))
       yield batch
-  monkeypatch.setattr(train.data, "train_iterator", poisoned)
+  monkeypatch.setattr(train.data.pipeline, "train_iterator", poisoned)
   c = tiny_config()
   workdir = str(tmp_path / "nan")
   with pytest.raises(train.NonFiniteLossError, match=r"at step 6.*last checkpoint: step 4"):

@@ -126,7 +126,7 @@ def test_train_fraction_trains_on_a_stratified_draw(tmp_path, user_folder, monke
     for batch in real(*args, **kwargs):
       seen.append(batch)
       yield batch
-  monkeypatch.setattr(train.data, "train_iterator", recording)
+  monkeypatch.setattr(train.data.pipeline, "train_iterator", recording)
   c = config_lib.load(os.path.join(ROOT, "configs", "mae_digits.py") + ":runlocal")
   for key, value in {"dataset": f"folder:{user_folder}", "train_fraction": "0.1",
                      "total_steps": "2", "batch_size": "40", "probe.enabled": "False",

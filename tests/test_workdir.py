@@ -220,7 +220,7 @@ def test_non_finite_loss_exits_3(tmp_path, monkeypatch, capsys):
   def poisoned(*args, **kwargs):
     for i, batch in enumerate(real(*args, **kwargs), start=1):
       yield dict(batch, image=batch["image"] * float("nan")) if i == 6 else batch
-  monkeypatch.setattr(train.data, "train_iterator", poisoned)
+  monkeypatch.setattr(train.data.pipeline, "train_iterator", poisoned)
   assert main_lib.main(cli(tmp_path / "run")) == errors.EXIT_NON_FINITE
   err = capsys.readouterr().err
   assert "stopped: non-finite loss" in err and "last checkpoint: step 4" in err

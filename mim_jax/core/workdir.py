@@ -41,7 +41,7 @@ RUN_STATUS_NAME = "run_status.json"
 HARMLESS = (
     "log_every", "image_every", "checkpoint.", "probe.", "knn.", "eval.", "amt.images",
     "data.num_workers", "data.prefetch", "data.data_dir", "distributed.", "mesh.",
-    "model.attention")
+    "model.attention", "steps_per_call")
 
 # Keys added after runs had been written without them, whose default is not what those runs
 # did: the value that reproduces such a run. A saved config that lacks one of these ran with

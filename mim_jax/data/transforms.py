@@ -110,12 +110,12 @@ class AugmentOptions:
 # ----------------------------------------------------------------- resampling
 
 
-def _cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
-  """Keys' cubic convolution kernel (support [-2, 2])."""
-  x = np.abs(x)
+def _cubic(x, a: float = -0.5, xp=np):
+  """Keys' cubic convolution kernel (support [-2, 2]); ``xp`` is numpy or jax.numpy."""
+  x = xp.abs(x)
   near = ((a + 2) * x - (a + 3)) * x * x + 1
   far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-  return np.where(x < 1, near, np.where(x < 2, far, 0.0))
+  return xp.where(x < 1, near, xp.where(x < 2, far, 0.0))
 
 
 _TABLE_ELEMENTS = 1 << 22  # small images: every window's matrix computed once (<= 16 MB)
@@ -131,7 +131,7 @@ def window_weights(start, length, in_size: int, out_size: int) -> np.ndarray:
   """
   if in_size * (in_size + 1) * out_size * in_size <= _TABLE_ELEMENTS:
     return _window_table(in_size, out_size)[np.asarray(start), np.asarray(length)]
-  return _window_weights(start, length, in_size, out_size)
+  return compute_window_weights(start, length, in_size, out_size)
 
 
 @functools.lru_cache(maxsize=8)
@@ -141,22 +141,24 @@ def _window_table(in_size: int, out_size: int) -> np.ndarray:
   start, length = np.meshgrid(np.arange(in_size), np.arange(in_size + 1), indexing="ij")
   fits = (length >= 1) & (start + length <= in_size)
   table = np.zeros((in_size, in_size + 1, out_size, in_size), np.float32)
-  table[fits] = _window_weights(start[fits], length[fits], in_size, out_size)
+  table[fits] = compute_window_weights(start[fits], length[fits], in_size, out_size)
   table.flags.writeable = False
   return table
 
 
-def _window_weights(start, length, in_size: int, out_size: int) -> np.ndarray:
-  start = np.asarray(start, np.float64)[:, None, None]
-  length = np.asarray(length, np.float64)[:, None, None]
+def compute_window_weights(start, length, in_size: int, out_size: int, xp=np):
+  """``window_weights`` computed (numpy: in float64; jax.numpy, ``xp``: in float32)."""
+  real = np.float64 if xp is np else xp.float32
+  start = xp.asarray(start, real)[:, None, None]
+  length = xp.asarray(length, real)[:, None, None]
   scale = length / out_size
-  support = np.maximum(scale, 1.0)  # stretch the kernel when downscaling (antialias)
-  centers = start + (np.arange(out_size)[None, :, None] + 0.5) * scale
-  pixels = np.arange(in_size)[None, None, :]
-  weights = _cubic((pixels + 0.5 - centers) / support)
-  weights = np.where((pixels >= start) & (pixels < start + length), weights, 0.0)
-  weights /= weights.sum(axis=2, keepdims=True)
-  return weights.astype(np.float32)
+  support = xp.maximum(scale, 1.0)  # stretch the kernel when downscaling (antialias)
+  centers = start + (xp.arange(out_size)[None, :, None] + 0.5) * scale
+  pixels = xp.arange(in_size)[None, None, :]
+  weights = _cubic((pixels + 0.5 - centers) / support, xp=xp)
+  weights = xp.where((pixels >= start) & (pixels < start + length), weights, 0.0)
+  weights = weights / weights.sum(axis=2, keepdims=True)
+  return weights.astype(xp.float32)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -230,7 +232,7 @@ def example_rng(aug_seed, stream: int) -> np.random.Generator:
   return np.random.default_rng([int(aug_seed), stream])
 
 
-def random_resized_crop_boxes(draws, heights, widths, scale, ratio):
+def random_resized_crop_boxes(draws, heights, widths, scale, ratio, xp=np):
   """torchvision's RandomResizedCrop box sampling, vectorized over examples.
 
   Tries ``NUM_CROP_ATTEMPTS`` (area fraction, aspect ratio) pairs and keeps the
@@ -238,39 +240,42 @@ def random_resized_crop_boxes(draws, heights, widths, scale, ratio):
   whose aspect ratio is clamped to ``ratio``.
 
   Args:
-    draws: dict from ``draw_train_randomness`` (n examples).
+    draws: dict from ``draw_train_randomness`` (n examples), or the same uniform draws made
+      with ``jax.random`` (``device_augment``).
     heights, widths: int arrays [n] (or scalars) with the image sizes.
     scale: (min, max) area fraction. ratio: (min, max) width / height.
+    xp: numpy (int64 boxes, float64 arithmetic) or jax.numpy (int32, float32: on the devices).
 
   Returns:
-    int64 arrays top, left, height, width, each [n].
+    int arrays top, left, height, width, each [n].
   """
+  integer, real = (np.int64, np.float64) if xp is np else (xp.int32, xp.float32)
   n = draws["area"].shape[0]
-  heights = np.broadcast_to(np.asarray(heights, np.int64), (n,))
-  widths = np.broadcast_to(np.asarray(widths, np.int64), (n,))
-  area = (heights * widths).astype(np.float64)[:, None]
+  heights = xp.broadcast_to(xp.asarray(heights, integer), (n,))
+  widths = xp.broadcast_to(xp.asarray(widths, integer), (n,))
+  area = (heights * widths).astype(real)[:, None]
   target_area = area * (scale[0] + (scale[1] - scale[0]) * draws["area"])
   log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-  aspect = np.exp(log_lo + (log_hi - log_lo) * draws["log_ratio"])
-  w = np.round(np.sqrt(target_area * aspect)).astype(np.int64)
-  h = np.round(np.sqrt(target_area / aspect)).astype(np.int64)
+  aspect = xp.exp(log_lo + (log_hi - log_lo) * draws["log_ratio"])
+  w = xp.round(xp.sqrt(target_area * aspect)).astype(integer)
+  h = xp.round(xp.sqrt(target_area / aspect)).astype(integer)
   fits = (w > 0) & (w <= widths[:, None]) & (h > 0) & (h <= heights[:, None])
-  first = np.argmax(fits, axis=1)
-  found = fits[np.arange(n), first]
-  crop_h = h[np.arange(n), first]
-  crop_w = w[np.arange(n), first]
+  first = xp.argmax(fits, axis=1)[:, None]
+  found = xp.take_along_axis(fits, first, axis=1)[:, 0]
+  crop_h = xp.take_along_axis(h, first, axis=1)[:, 0]
+  crop_w = xp.take_along_axis(w, first, axis=1)[:, 0]
 
   # Fallback: central crop with the aspect ratio clamped into `ratio`.
   in_ratio = widths / heights
-  fb_w = np.where(in_ratio > ratio[1], np.round(heights * ratio[1]), widths).astype(np.int64)
-  fb_h = np.where(in_ratio < ratio[0], np.round(widths / ratio[0]), heights).astype(np.int64)
-  crop_h = np.where(found, crop_h, np.maximum(fb_h, 1))
-  crop_w = np.where(found, crop_w, np.maximum(fb_w, 1))
+  fb_w = xp.where(in_ratio > ratio[1], xp.round(heights * ratio[1]), widths).astype(integer)
+  fb_h = xp.where(in_ratio < ratio[0], xp.round(widths / ratio[0]), heights).astype(integer)
+  crop_h = xp.where(found, crop_h, xp.maximum(fb_h, 1))
+  crop_w = xp.where(found, crop_w, xp.maximum(fb_w, 1))
 
-  top_random = np.floor(draws["position"][:, 0] * (heights - crop_h + 1)).astype(np.int64)
-  left_random = np.floor(draws["position"][:, 1] * (widths - crop_w + 1)).astype(np.int64)
-  top = np.where(found, top_random, (heights - crop_h) // 2)
-  left = np.where(found, left_random, (widths - crop_w) // 2)
+  top_random = xp.floor(draws["position"][:, 0] * (heights - crop_h + 1)).astype(integer)
+  left_random = xp.floor(draws["position"][:, 1] * (widths - crop_w + 1)).astype(integer)
+  top = xp.where(found, top_random, (heights - crop_h) // 2)
+  left = xp.where(found, left_random, (widths - crop_w) // 2)
   return top, left, crop_h, crop_w
 
 

@@ -25,7 +25,7 @@ class ClassifierEvaluator:
     if self.eval.batch_size % jax.device_count():
       raise ConfigError(f"eval.batch_size {self.eval.batch_size} must divide over "
                         f"{jax.device_count()} devices")
-    self.batch_sharding = sharding.batch_sharding(mesh)
+    self.mesh = mesh
 
     def counts(params, extra, batch):
       logits = method.logits(params, extra, batch["image"])
@@ -38,12 +38,12 @@ class ClassifierEvaluator:
     self._counts = jax.jit(counts, out_shardings=sharding.replicated(mesh))
 
   def _score(self, params, extra):
-    it = data.eval_iterator(self.config.data, self.config.dataset, self.eval.split,
-                            global_batch_size=self.eval.batch_size,
-                            image_size=self.config.image_size,
-                            max_examples=self.eval.max_examples or None)
+    batches = data.eval_batches(self.config.data, self.config.dataset, self.eval.split,
+                                global_batch_size=self.eval.batch_size,
+                                image_size=self.config.image_size, mesh=self.mesh,
+                                max_examples=self.eval.max_examples or None)
     total = np.zeros(4)
-    for batch in data.device_prefetch(it, self.batch_sharding):
+    for batch in batches:
       total += np.asarray(self._counts(params, extra, batch), np.float64)
     n = max(total[3], 1.0)
     return {"top1": total[0] / n, "top5": total[1] / n, "loss": total[2] / n,

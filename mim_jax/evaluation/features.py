@@ -17,23 +17,24 @@ class FeatureExtractor:
   """``extractor(params, split, max_examples)`` -> (features [N, D] float32, labels [N]).
 
   ``max_examples`` > 0 takes a seeded, class-stratified draw of that many examples of the split
-  (``data.eval_iterator``; seed 0, so every run scores the same examples); 0 the whole split."""
+  (``data.eval_batches``; seed 0, so every run scores the same examples); 0 the whole split."""
 
   def __init__(self, config, method, mesh, pool: str, batch_size: int):
     if batch_size % jax.device_count():
       raise ConfigError(f"evaluator batch_size {batch_size} must divide over "
                         f"{jax.device_count()} devices")
     self.config, self.batch_size = config, batch_size
-    self.batch_sharding = sharding.batch_sharding(mesh)
+    self.mesh = mesh
     self._features = jax.jit(lambda params, images: method.features(params, images, pool),
                              out_shardings=sharding.replicated(mesh))
 
   def __call__(self, params, split: str, max_examples: int = 0):
-    it = data.eval_iterator(self.config.data, self.config.dataset, split,
-                            global_batch_size=self.batch_size, image_size=self.config.image_size,
-                            max_examples=max_examples or None)
+    batches = data.eval_batches(self.config.data, self.config.dataset, split,
+                                global_batch_size=self.batch_size,
+                                image_size=self.config.image_size, mesh=self.mesh,
+                                max_examples=max_examples or None)
     feats, labels = [], []
-    for batch in data.device_prefetch(it, self.batch_sharding):
+    for batch in batches:
       f = np.asarray(self._features(params, batch["image"]))
       lab, mask = (np.asarray(multihost_utils.process_allgather(batch[k], tiled=True))
                    for k in ("label", "mask"))

@@ -148,15 +148,17 @@ def _row(name):
 
 def get_config(setup: Setup, arg=None):
   """One cell: ``arg`` is "row=ROW,protocol=PROTOCOL[,scale=N][,workers=W][,pipeline=P]
-  [,memory][,runlocal]" (a string or parsed). ``scale=N``: every training budget N times the
-  setup's (the league at a larger budget, as on a GPU: ``python -m mim_jax.league ... --arg
-  scale=4,workers=12,pipeline=python,memory``); ``workers=W``: W input-pipeline workers
+  [,memory][,device][,k=K][,runlocal]" (a string or parsed). ``scale=N``: every training budget
+  N times the setup's (the league at a larger budget, as on a GPU: ``python -m mim_jax.league
+  ... --arg scale=50,pipeline=python,device,k=32``); ``workers=W``: W input-pipeline workers
   (data.num_workers); ``pipeline=P``: data.pipeline P instead of the setup's; ``memory``: a
-  folder dataset decoded into memory once per cell (data.in_memory; what feeds a GPU without
-  TensorFlow)."""
+  folder dataset decoded into memory once per cell (data.in_memory); ``device``: the dataset
+  on the devices (data.on_device: what feeds a GPU); ``k=K``: K steps per jitted call
+  (steps_per_call), the checkpoint, evaluation and image intervals rounded up to multiples of
+  K."""
   if arg is None or isinstance(arg, str):
     arg = parse_arg(arg, row="mae", protocol="pretrain", runlocal=False, scale=1, workers=0,
-                    pipeline="", memory=False)
+                    pipeline="", memory=False, device=False, k=1)
   if arg.get("scale", 1) != 1:
     setup = scaled(setup, arg.scale)
   name, _, encoder, base, protocols, _ = _row(arg.row)
@@ -178,6 +180,14 @@ def get_config(setup: Setup, arg=None):
     c.data.pipeline = choose("pipeline", arg.pipeline, ("python", "tf"))
   if arg.get("memory", False):
     c.data.in_memory = True
+  if arg.get("device", False):
+    c.data.on_device = True
+  if arg.get("k", 1) != 1:
+    c.steps_per_call = arg.k
+    for group, key in (("checkpoint", "every_steps"), ("probe", "every_steps"),
+                       ("knn", "every_steps"), ("eval", "every_steps"), (None, "image_every")):
+      owner = c[group] if group else c   # up to a multiple of K: every call stays fused
+      owner[key] = -(-owner[key] // arg.k) * arg.k
   if arg.runlocal:
     runlocal(c)
   return c

@@ -41,6 +41,7 @@ class AttentionRefresh:
     n = mesh.size
     self.batch_size = math.ceil(config.amt.batch_size / n) * n
     self.picture_size = math.ceil(config.amt.images / n) * n
+    self.mesh = mesh
     self.replicated = sharding.replicated(mesh)
     self.batched = sharding.batch_sharding(mesh)
     grid = self.strategy.grid
@@ -66,9 +67,11 @@ class AttentionRefresh:
 
   def _batches(self, batch_size, max_examples=None):
     c = self.config
-    it = data.eval_iterator(c.data, c.dataset, c.train_split, global_batch_size=batch_size,
-                            image_size=c.image_size, max_examples=max_examples, whole_image=True)
-    return it.num_batches, data.device_prefetch(it, self.batched, size=c.data.prefetch)
+    batches = data.eval_batches(c.data, c.dataset, c.train_split, global_batch_size=batch_size,
+                                image_size=c.image_size, mesh=self.mesh,
+                                max_examples=max_examples, whole_image=True,
+                                prefetch_size=c.data.prefetch)
+    return batches.num_batches, batches
 
   def run(self, state, step: int, rng):
     t0 = time.time()
