@@ -15,8 +15,10 @@
 # BENCH (0 skips the benchmark), BENCH_ARGS (its arguments: batches 256 / 1024 / 4096, K 8 and
 # 32), SEEDS (--seeds of the league, default: the config's).
 #
-# Resumable across windows: the league's ledger (results/league_fashion_mnist_gpu.json) comes
-# back in $OUT; commit it, and the next window skips the cells it holds. --hours stops the
+# Resumable across windows: the league's ledger (results/league_fashion_mnist_x50.json at the
+# default scale: each scale its own, gathered by `python -m mim_jax.league --config
+# configs/league_fashion_mnist.py --budget`) comes back in $OUT; commit it, and the next window
+# skips the cells it holds. --hours stops the
 # league between row groups before the budget runs out, so no cell is left half done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,9 +50,10 @@ if [ "${BENCH:-1}" != 0 ]; then
 fi
 
 echo "== league ($(left) s left)"
+NAME=$(python3 -c "from mim_jax.league.runner import default_name as n; print(n('configs/league_fashion_mnist.py', '$LEAGUE_ARG'))")
 HOURS=$(python3 -c "print(max(0.0, ($(left) - 60) / 3600 / 1.5))")
 timeout $(( $(left) - 20 )) python3 -m mim_jax.league --config configs/league_fashion_mnist.py \
-    --dataset "folder:$DATA" --arg "$LEAGUE_ARG" --name fashion_mnist_gpu \
-    --workdir /tmp/league_gpu --hours "$HOURS" ${SEEDS:+--seeds "$SEEDS"} || echo "league stopped"
-cp results/league_fashion_mnist_gpu.* "$OUT/" 2>/dev/null || true
+    --dataset "folder:$DATA" --arg "$LEAGUE_ARG" --workdir "/tmp/league_$NAME" \
+    --hours "$HOURS" ${SEEDS:+--seeds "$SEEDS"} || echo "league stopped"
+cp results/league_"$NAME"* "$OUT/" 2>/dev/null || true
 echo "done in $(( $(date +%s) - START )) s"

@@ -19,12 +19,20 @@ README's Data section converts Debian's IDX files into the folder.
 Data. Fashion-MNIST (28x28 grey, 60,000 train / 10,000 test, 10 classes) as a folder dataset at
 runs/fashion_mnist (train/ and test/, converted from the IDX files; a folder source decodes the
 grey PNGs to three equal channels). Splits by role: train, and evaluation (= test). mean / std
-0.2860 / 0.3530. RandomResizedCrop scale 0.35-1 for every training run (pre-training and the
-evaluation protocols), the digits recipes' choice rather than MAE's 0.2 (pre-training) / 0.08
-(fine-tuning, linear probe): at 28 px with 4 px patches, a 0.2-area crop is 12.5 px wide, so
-each patch is ~1.8 source pixels upsampled and reconstruction becomes interpolation of blur (the
-digits demo saw the same with 2 px patches); at 0.35 a patch still covers 2.4 source pixels,
-and an 0.08 crop (8 px of a 28 px garment) would often hold no class evidence. Horizontal flip
+0.2860 / 0.3530. Pre-training: RandomResizedCrop scale 0.35-1, the digits recipes' choice
+rather than MAE's 0.2: at 28 px with 4 px patches, a 0.2-area crop is 12.5 px wide, so each
+patch is ~1.8 source pixels upsampled and reconstruction becomes interpolation of blur (the
+digits demo saw the same with 2 px patches); at 0.35 a patch still covers 2.4 source pixels.
+The linear probe and the fine-tunings: no crop (``protocol_crop_scale``; since 2026-12-07,
+issue #34), the whole image as evaluation sees it, where MAE crops 0.08-1 (an 0.08 crop, 8 px
+of a 28 px garment, would often hold no class evidence). Until then they cropped 0.35-1
+(results/league_fashion_mnist_v1.md), and the crop was what kept them low: measured on this VM
+(2026-12-07, seed 0), the linear probe on the pixels themselves scored 0.723 after 1 epoch with
+the crop and 0.815 without (10 epochs: 0.743 / 0.826), and the ViT from scratch fine-tuned 500
+steps 0.713 with it, 0.764 with a 0.8-1 crop and 0.800 without (``--config configs/league_fashion_mnist.py:row=
+supervised,protocol=finetune,scale=2,device,k=10 --config.data.crop_scale=(1.0,1.0)
+--config.data.crop_ratio=(1.0,1.0)``; with blr 4e-3 instead of 1e-3, 0.824: one seed, within
+from-scratch fine-tuning's seed spread of ~3 points, so the recipe keeps MAE's 1e-3). Horizontal flip
 on (MAE's default, unlike digits): every class is a garment, shoe or bag whose mirror image is
 the same class, so flipping is label-preserving. The shoes do face one way (99.7 % of the
 sneakers and every ankle boot of train are closer to their class's mean image than to its
@@ -47,15 +55,19 @@ t 0.26 after 20 %, refresh every 20 %), MI-MAE (4 partition views, InfoNCE + CLU
 hierarchical encoder and on the ViT (our plain-ViT variant; mask 0.5 of the 7x7 cells: 24 from the
 partner), MLO-MAE with the official finite-difference hypergradient (masking-network lr
 1e-5 x 16 / 49, scaled for 49 patches: see ``_adjust_pretraining``; not measured). Baselines:
-each encoder at random init (linear probe, kNN), and the ViT trained from scratch with the
-fine-tune recipe and budget (finetune, finetune10); the same two for SimMIM's ViT (its block
-options below differ from the plain ViT's; added 2026-12-03, after the first SimMIM rows scored
-far below MAE's: SimMIM's gain or loss is read against its own encoder's baselines).
+the raw pixels (no encoder: the linear probe and kNN on the normalized image itself, the row a
+reader compares every probe with first; added 2026-12-07, issue #34), each encoder at random
+init (linear probe, kNN; 3 seeds since 2026-12-07: the random ViT's probe moved 2.9 points
+between two inits), and the ViT trained from scratch with the fine-tune recipe and budget
+(finetune, finetune10); the same two for SimMIM's ViT (its block options below differ from the
+plain ViT's; added 2026-12-03, after the first SimMIM rows scored far below MAE's: SimMIM's gain
+or loss is read against its own encoder's baselines).
 
 Protocols. pretrain: the row's method, with a fast probe (draws of 1000 / 2000 images, every
 quarter of the steps) for a curve. linear_probe: MAE's protocol as configs/linear_probe_digits.py
 (LARS, blr 6.4, BatchNorm + linear on the frozen encoder), average-pooled tokens in every row (the
-hierarchical encoder has no [CLS]). knn: k 20, cosine, T 0.07, average-pooled features of all
+hierarchical encoder has no [CLS]), evaluated after every epoch (its curve shows whether it
+converged: the budget table's last section). knn: k 20, cosine, T 0.07, average-pooled features of all
 60,000 training / 10,000 test images. finetune: configs/finetune_digits.py's recipe (layer decay
 0.75, drop path 0.1, label smoothing 0.1, blr 1e-3) on all 60,000 labelled images, without
 MAE's mixup / cutmix, RandAugment and random erasing (made for ~100 epochs: with them, MAE's
@@ -126,6 +138,18 @@ files, 60 steps per row, images/s of the progress lines after compilation (steps
   readable); MLO-MAE's masking network after more than 300 rounds. The pre-training budget is
   in images seen, so slow methods (MixMIM, MLO-MAE) get more wall-clock: the table's
   wall-clock and images/s columns show that cost.
+
+Budget axis (issue #34). ``--arg scale=N`` runs every training budget N times longer (the
+pre-training images, the probe's and the fine-tunings' steps; shares and schedules follow) as
+its own league, ``league_fashion_mnist_xN`` (table and ledger; give it its own ``--workdir``);
+``--budget`` gathers every scale's ledger into results/league_fashion_mnist_budget.md and its
+figure. The CPU runs scale 10 (960,000 images of pre-training, 16 epochs; a 10-epoch probe;
+2,500 fine-tuning steps, 5 epochs), a GPU scale 50 (``--arg scale=50,pipeline=python,device,
+k=32``: benchmarks/device_window.sh):
+  python -m mim_jax.league --config configs/league_fashion_mnist.py \
+      --dataset folder:runs/fashion_mnist --workdir runs/league_fashion_mnist_x10 \
+      --arg scale=10,device,k=8 --only mae,mae_amt,simmim,mi_mae,pixels,random_vit,supervised \
+      --seeds 0 --hours 2
 """
 
 from mim_jax.league import cells as league_cells
@@ -150,6 +174,9 @@ SETUP = league_cells.Setup(
     std=(0.3530,),
     crop_scale=(0.35, 1.0),
     flip=True,
+    # the probe and the fine-tunings see whole images, as evaluation does (measured 2026-12-07:
+    # the 0.35-1 crop cost the pixels' probe 9 points and from-scratch fine-tuning 9 points)
+    protocol_crop_scale=(1.0, 1.0),
     vit_variant="tiny_test/4",    # 4 px patches: 7x7 = 49 tokens
     vit_size=(128, 4, 4),         # width, depth, heads: 0.80 M parameters
     hierarchical="mnist28",       # last grid 7x7, as the ViT's

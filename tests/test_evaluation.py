@@ -97,21 +97,12 @@ def test_finetune_weight_decay_skips_position_and_cls():
 # --------------------------------------------------------------------------------------------
 def test_lars_probe_separates_and_batchnorm_freezes_at_eval():
   """The linear-probe method (BatchNorm without affine + linear head, LARS) on linearly
-  separable synthetic features (an identity 'encoder'): ~100% accuracy; at evaluation the
-  BatchNorm uses its running statistics (per-example outputs do not depend on the batch)."""
-  import flax.linen as nn
-  from mim_jax.models.classifier import ProbeClassifier
-
-  class Identity(nn.Module):
-    dtype: object = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, deterministic=True):
-      return x.reshape(x.shape[0], 1, -1) * 1.0 + 0.0 * self.param("unused", nn.zeros, ())
-
-  c = load("linear_probe_digits.py", **{"batch_size": 256})
+  separable synthetic features (``model.encoder='pixels'``: the input is the feature) ~100%
+  accuracy; at evaluation the BatchNorm uses its running statistics (per-example outputs do not
+  depend on the batch)."""
+  c = load("linear_probe_digits.py", **{"batch_size": 256, "model.encoder": "pixels",
+                                         "model.pool": "avg"})
   method = methods.get("linear_probe")(c, 1, num_classes=4)
-  method.model = ProbeClassifier(Identity(), 4, pool="avg")
   rng = np.random.default_rng(0)
   centers = rng.normal(size=(4, 16)) * 3.0 + 5.0        # offset: BatchNorm has work to do
   labels = rng.integers(0, 4, 2048)
@@ -142,6 +133,21 @@ def test_lars_probe_separates_and_batchnorm_freezes_at_eval():
   alone = jax.jit(method.logits)(params, extra, feats[:1])
   np.testing.assert_allclose(alone[0], logits[0], rtol=1e-5, atol=1e-5)
   assert float(loss) < 0.1
+  assert set(params) == {"head"} and params["head"]["kernel"].shape == (16, 4)  # no encoder
+
+
+def test_the_pixels_encoder_is_the_flattened_image_and_is_refused_by_pre_training():
+  images = jax.random.normal(jax.random.key(0), (3, 8, 8, 2))
+  c = load("knn_digits.py", **{"model.encoder": "pixels", "image_size": 8})
+  knn = methods.get("knn")(c, 2, num_classes=10)
+  params = knn.init(jax.random.key(1))
+  assert jax.tree.leaves(params) == []
+  np.testing.assert_array_equal(knn.features(params, images, "avg"), images.reshape(3, -1))
+  with pytest.raises(ValueError, match="pool 'cls' is not available for the pixels encoder"):
+    knn.features(params, images, "cls")
+  mixmim = load("mixmim_digits.py", **{"model.encoder": "pixels"})  # takes either family
+  with pytest.raises(ValueError, match="'pixels'.*is for the evaluation protocols"):
+    methods.get("mixmim")(mixmim, 1, num_classes=10)
 
 
 def optax_apply(params, updates):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mim_jax.league import report as league_report
+from mim_jax.league import stats as league_stats
 from mim_jax.league import runner as league
 from tests.test_train import ONE_DEVICE_XLA_FLAGS, ROOT
 
@@ -123,7 +124,7 @@ def test_tiny_league_runs_resumes_reports_failures_and_rebuilds(tmp_path, monkey
   assert "| broken | vit |  |  |  | knn s0 (exit 2) |" in table_md          # shown, not hidden
   pre = [r for r in data["cells"] if r["protocol"] == "pretrain"][0]
   assert pre["images_per_sec"] > 0 and [s for s, _ in pre["curves"]["knn/top1"]] == [3, 6]
-  assert data["claims"][0]["verdict"].startswith(("holds", "reversed", "not shown"))
+  assert data["claims"][0]["verdict"] == "one seed: not judged"   # one seed a side
 
   for figure in ("accuracy", "curves"):
     assert os.path.getsize(os.path.join(results, f"league_tiny_{figure}.png")) > 1000
@@ -143,12 +144,12 @@ def _fake_league(tmp_path, monkeypatch, hours_per_cell=0.0):
   calls, clock = [], [1000.0]
 
   def fake_run_cell(cell, cmd):
-    del cmd
     calls.append(cell.name)
     clock[0] += 3600 * hours_per_cell
     os.makedirs(cell.workdir, exist_ok=True)
+    longer = 0.1 if "scale=10" in " ".join(cmd) else 0.0
     with open(os.path.join(cell.workdir, "metrics.jsonl"), "w") as f:
-      f.write(json.dumps({"step": 1, "knn/top1": 0.5 + 0.1 * len(cell.row) / 10,
+      f.write(json.dumps({"step": 1, "knn/top1": 0.5 + 0.1 * len(cell.row) / 10 + longer,
                           "images_per_sec": 100.0}) + "\n")
     record = {"row": cell.row, "protocol": cell.protocol, "seed": cell.seed, "status": "done",
               "exit_status": 0, "wall_s": 2.0, "attempts": 1, "commit": "abc1234", "error": ""}
@@ -187,6 +188,34 @@ def test_the_ledger_carries_done_cells_to_a_checkout_without_their_workdirs(tmp_
   assert len(json.loads(js.read_text())["cells"]) == 4
 
 
+def test_the_budget_axis_gathers_every_scales_ledger(tmp_path, monkeypatch):
+  argv, _ = _fake_league(tmp_path, monkeypatch)
+  assert league.main(argv + ["--workdir", str(tmp_path / "w1")]) == 0
+  assert league.main(argv + ["--workdir", str(tmp_path / "w10"), "--arg", "scale=10"]) == 0
+  results = tmp_path / "results"
+  x10 = json.loads((results / "league_tiny_x10.json").read_text())   # its own table and ledger
+  assert "--arg scale=10" in x10["command"] and "--name" not in x10["command"]
+  assert league.main(argv + ["--budget"]) == 0
+  md = (results / "league_tiny_budget.md").read_text()
+  assert "| MAE | 0.5300 | 0.6300 |" in md and "| ViT at random init | 0.6000 | 0.7000 |" in md
+  assert "- x10: `" + x10["command"] + "`" in md
+  # one seed a side at both scales: the claim is not judged, at either
+  claim = [line for line in md.splitlines() if line.startswith("| MAE beats random init")]
+  assert claim == ["| MAE beats random init | kNN | one seed: not judged (-7.0 points, 1 vs 1 "
+                   "seeds) | one seed: not judged (-7.0 points, 1 vs 1 seeds) |"]
+  assert os.path.getsize(results / "league_tiny_budget.png") > 1000
+  with pytest.raises(SystemExit, match="no ledger of league 'other'"):
+    league.main(argv + ["--budget", "--name", "other"])
+
+  # the probe's curve: its top-1 after every epoch, averaged over the seeds that have them all
+  from mim_jax.league import budget
+  probe = lambda seed, values: dict(row="mae", protocol="linear_probe", seed=seed, status="done",
+                                    curve=[(250 * (i + 1), v) for i, v in enumerate(values)])
+  cells = [probe(0, [0.5, 0.6, 0.7]), probe(1, [0.7, 0.8, 0.9]), probe(2, [0.1])]
+  assert budget.probe_curve(cells, "mae") == pytest.approx([0.6, 0.7, 0.8])
+  assert budget.probe_curve(cells, "random_vit") is None
+
+
 def test_hours_stop_the_league_between_row_groups(tmp_path, monkeypatch):
   argv, calls = _fake_league(tmp_path, monkeypatch, hours_per_cell=1.2)
   assert league.main(argv + ["--workdir", str(tmp_path / "w"), "--hours", "1"]) == 0
@@ -197,25 +226,61 @@ def test_hours_stop_the_league_between_row_groups(tmp_path, monkeypatch):
   assert calls == ["random_vit s0 knn"]     # a new group at the start; the next one after 1.2 h
 
 
-def test_claim_verdicts_use_the_seed_noise():
-  table = {"a": {"p": {"mean": 0.80, "std": 0.01, "n": 3}},
-           "b": {"p": {"mean": 0.75, "std": None, "n": 1}},
-           "c": {"p": {"mean": 0.795, "std": None, "n": 1}}}
-  # b borrows a's std (0.01): noise = sqrt(0.01^2/3 + 0.01^2/1) = 0.01155
-  v = league_report.verdict(table, dict(row="a", than="b", protocol="p"))
-  assert v["verdict"] == "holds" and abs(v["noise_points"] - 1.1547) < 1e-3
-  assert abs(v["diff_points"] - 5.0) < 1e-9
-  assert league_report.verdict(table, dict(row="a", than="c", protocol="p"))["verdict"] == (
-      "not shown")
-  assert league_report.verdict(table, dict(row="b", than="a", protocol="p"))["verdict"] == (
+def _summary(values):
+  return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1
+          else None, "n": len(values)}
+
+
+def test_claims_are_judged_by_welchs_t_test_and_one_seed_is_not_judged():
+  from scipy import stats
+  mae = [0.6591, 0.7056, 0.6741]      # the league's MAE and MI-MAE fine-tune seeds at 1.6 epochs
+  mi_mae = [0.7144, 0.7031, 0.7069]
+  rng = np.random.default_rng(0)
+  for a, b in ((mi_mae, mae), (rng.normal(0.8, 0.02, 3), rng.normal(0.75, 0.05, 2)),
+               (rng.normal(0.5, 0.01, 5), rng.normal(0.52, 0.03, 4))):
+    want = stats.ttest_ind(a, b, equal_var=False)   # from the samples themselves
+    got = league_stats.welch(_summary(a), _summary(b))
+    assert abs(got["t"] - want.statistic) < 1e-9 and abs(got["p"] - want.pvalue) < 1e-9
+  # MI-MAE's +2.9 points: p 0.17, which the old rule (beyond 2 standard errors) called "holds"
+  table = {"mi_mae": {"p": _summary(mi_mae)}, "mae": {"p": _summary(mae)},
+           "low": {"p": _summary([0.60, 0.61, 0.59])}, "one": {"p": _summary([0.99])}}
+  v = league_report.verdict(table, dict(row="mi_mae", than="mae", protocol="p"))
+  assert v["verdict"] == "not shown" and abs(v["p"] - 0.167) < 0.001
+  assert v["text"] == "not shown: +2.9 +- 1.4 points (p 0.167, 3 vs 3 seeds)"
+  assert league_report.verdict(table, dict(row="mae", than="low", protocol="p"))["verdict"] == (
+      "holds")
+  assert league_report.verdict(table, dict(row="low", than="mae", protocol="p"))["verdict"] == (
       "reversed")
-  assert league_report.verdict(table, dict(row="a", than="z", protocol="p"))["verdict"] == (
+  one = league_report.verdict(table, dict(row="one", than="mae", protocol="p"))
+  assert one["verdict"] == "one seed: not judged" and "+31.0 points, 1 vs 3 seeds" in one["text"]
+  assert league_report.verdict(table, dict(row="mae", than="z", protocol="p"))["verdict"] == (
       "not measured")
-  assert v["text"] == "holds: +5.0 +- 1.2 points"
-  # no row with seeds: the difference alone, said to be without noise
-  single = {"b": table["b"], "c": table["c"]}
-  assert league_report.verdict(single, dict(row="c", than="b", protocol="p"))["text"] == (
-      "holds (no seed noise measured): +4.5 points")
+  # no spread at all: a difference is certain, none is not
+  same = {"mean": 0.5, "std": 0.0, "n": 2}
+  assert league_stats.welch(dict(same, mean=0.6), same)["p"] == 0.0
+  assert league_stats.welch(same, same)["p"] == 1.0
+
+
+def test_the_accuracy_figure_reads_at_a_glance():
+  plt = league_report.pyplot()
+  rows = [dict(name="mae", label="MAE", protocols=["linear_probe", "knn"]),
+          dict(name="pixels", label="raw pixels", protocols=["knn", "linear_probe"]),
+          dict(name="b", label="B", protocols=["finetune"])]
+  table = {"mae": {"linear_probe": _summary([0.60, 0.62, 0.61]), "knn": _summary([0.78])},
+           "pixels": {"knn": _summary([0.85]), "linear_probe": None},
+           "b": {"finetune": _summary([0.70, 0.72])}}
+  fig = league_report.accuracy_figure(plt, rows, table)
+  probe, knn, finetune = fig.axes
+  assert [a.get_title() for a in fig.axes] == ["linear probe", "kNN", "fine-tune"]  # table order
+  assert {a.get_xlim() for a in fig.axes} == {(0.0, 1.12)}      # one axis, from 0
+  assert [t.get_text() for t in probe.get_yticklabels()] == ["MAE", "raw pixels", "B"]
+  assert [p.get_hatch() for p in probe.patches] == [None]          # three seeds: plain, error bar
+  assert [p.get_hatch() for p in knn.patches] == ["///", "///"]    # one seed: marked
+  assert [t.get_text() for t in knn.texts] == ["0.780", "0.850"]   # value labels
+  assert list(knn.lines[-1].get_xdata()) == [0.85, 0.85]           # the pixels' line
+  assert not [line for line in probe.lines if list(line.get_xdata()) == [0.85, 0.85]]
+  assert "+-1 std over N >= 2 seeds" in fig.legends[0].get_texts()[0].get_text()
+  plt.close(fig)
 
 
 def test_cells_run_one_seed_of_every_row_before_more_seeds(tmp_path):

@@ -45,6 +45,7 @@ class League:
   compute_dtype: str
   mix_aug: bool                # fine-tuning with mixup, cutmix, RandAugment, random erasing
   pipeline: str = "tf"         # data.pipeline (Fashion-MNIST: python, as it was measured)
+  protocol_crop: tuple = None  # the crop of the probe and fine-tunings (None: crop_scale's)
 
   @property
   def path(self):
@@ -53,7 +54,7 @@ class League:
 
 FASHION_MNIST = League("league_fashion_mnist.py", "", 60_000, "folder:runs/fashion_mnist", 28,
                        (0.2860,), (0.3530,), (0.35, 1.0), ("tiny_test/4", 128, 4, 4), "mnist28",
-                       96_000, 160, "float32", False, "python")
+                       96_000, 160, "float32", False, "python", (1.0, 1.0))
 CIFAR10 = League("league_cifar.py", "", 50_000, "tfds:cifar10", 32, (0.4914, 0.4822, 0.4465),
                  (0.2470, 0.2435, 0.2616), (0.2, 1.0), ("Ti/2", 192, 12, 3), "cifar32",
                  10_240_000, 512, "bfloat16", True)
@@ -120,27 +121,31 @@ def test_matrix(lg):
   rows = module(lg).league()
   names = [r["name"] for r in rows]
   assert names == ["mae", "mae_amt", "simmim", "simmim_amt", "mi_mae", "mi_mae_amt", "mixmim",
-                   "mixmim_vit", "mlo_mae", "random_vit", "random_hierarchical", "supervised",
-                   "random_simmim_vit", "supervised_simmim_vit"]
+                   "mixmim_vit", "mlo_mae", "pixels", "random_vit", "random_hierarchical",
+                   "supervised", "random_simmim_vit", "supervised_simmim_vit"]
   evals = ["linear_probe", "knn", "finetune", "finetune10"]
   for r in rows:
     assert set(r) >= {"name", "label", "encoder", "pretrain", "protocols", "seeds", "claims"}
-    assert r["encoder"] in ("vit", "hierarchical")
-    assert r["pretrain"] == (r["name"] not in ("random_vit", "random_hierarchical",
+    assert r["encoder"] in ("vit", "hierarchical", "pixels")
+    assert r["pretrain"] == (r["name"] not in ("pixels", "random_vit", "random_hierarchical",
                                                "supervised", "random_simmim_vit",
                                                "supervised_simmim_vit"))
     if r["pretrain"]:
       assert r["protocols"] == evals
     more = ({"mi_mae": [0, 1, 2], "mae_amt": [0, 1, 2], "simmim": [0, 1], "simmim_amt": [0, 1]}
             if lg is FASHION_MNIST else {})
-    default = [0, 1, 2] if r["name"] in ("mae", "supervised") else [0]
+    # MAE, from scratch and the random inits at 3 seeds: the noise the others are read against
+    default = [0, 1, 2] if r["name"] in ("mae", "supervised") or r["name"].startswith(
+        "random_") else [0]
     assert r["seeds"] == more.get(r["name"], default)
   by = {r["name"]: r for r in rows}
   assert by["random_vit"]["protocols"] == by["random_hierarchical"]["protocols"] == [
       "linear_probe", "knn"]
   assert by["supervised"]["protocols"] == by["supervised_simmim_vit"]["protocols"] == [
       "finetune", "finetune10"]
-  assert by["random_simmim_vit"]["protocols"] == ["linear_probe", "knn"]
+  assert by["random_simmim_vit"]["protocols"] == by["pixels"]["protocols"] == [
+      "linear_probe", "knn"]
+  assert [r["name"] for r in rows if r["encoder"] == "pixels"] == ["pixels"]
   assert [r["name"] for r in rows if r["encoder"] == "hierarchical"] == ["mixmim",
                                                                           "random_hierarchical"]
   for claim in module(lg).claims():
@@ -174,7 +179,10 @@ def test_data_and_splits_are_the_same_everywhere(lg):
     assert c.train_split == "train"
     assert c.train_fraction == (0.1 if protocol == "finetune10" else 1.0)
     assert c.data.mean == lg.mean and c.data.std == lg.std
-    assert c.data.crop_scale == lg.crop_scale and c.data.flip and c.data.eval_crop_pct == 1.0
+    crop = lg.crop_scale if protocol == "pretrain" else lg.protocol_crop or lg.crop_scale
+    assert c.data.crop_scale == crop and c.data.flip and c.data.eval_crop_pct == 1.0
+    if crop == (1.0, 1.0):   # no crop at all: the whole image
+      assert c.data.crop_ratio == (1.0, 1.0)
     assert c.compute_dtype == ("float32" if c.method == "mlo_mae" else lg.compute_dtype)
     assert c.data.pipeline == lg.pipeline
     if protocol != "pretrain":
@@ -315,6 +323,8 @@ def test_scale_multiplies_every_training_budget_and_keeps_the_shares():
       assert big.probe.every_steps == 3 * base.probe.every_steps
     if row == "mae_amt":
       assert big.amt.start_epoch == pytest.approx(3 * base.amt.start_epoch)
+    if protocol == "linear_probe":   # evaluated after each of its 3 epochs (60,000 = 250 x 240)
+      assert (base.eval.every_steps, big.eval.every_steps, big.total_steps) == (250, 250, 750)
   # device, k=K: the dataset on the devices, K steps per call, intervals multiples of K
   fused = config_lib.load(f"{FASHION_MNIST.path}:row=mae,protocol=pretrain,device,k=32")
   base = load("mae", "pretrain")

@@ -109,6 +109,9 @@ def test_v_is_fitted_first_by_its_own_adamw_and_l_min_uses_it(v_steps):
   np.testing.assert_allclose(m["mi/club_nats"], club, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(m["loss/min"], club / method.latent_dim, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(loss, m["loss/rec"] + m["loss/max"] + m["loss/min"], rtol=1e-6)
+  # the latents' scale: each dimension's std over the batch's views, averaged (numpy's)
+  zs = np.asarray(z).reshape(-1, z.shape[-1])
+  np.testing.assert_allclose(m["mi/z_std"], zs.std(axis=0).mean(), rtol=1e-5)
   assert int(new_extra["mi"]["step"]) == 1 and int(new_extra["mi"]["club_on_step"]) == 0
 
 
@@ -198,7 +201,7 @@ def test_epochs_in_views_and_the_imagenet_recipe():
 
 
 LOGGED = ("loss/rec", "loss/max", "loss/min", "mi/v_nll", "mi/infonce_nats", "mi/club_nats",
-          "mi/club_on")
+          "mi/club_on", "mi/z_std")
 
 
 def check_logged(rows, batch_size):

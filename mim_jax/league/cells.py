@@ -53,6 +53,10 @@ class Setup:
   fast_probe: tuple = (1000, 2000)  # pre-training's probe: training / evaluation images drawn
   compute_dtype: str = "float32"  # of every cell but MLO-MAE's (its finite differences need fp32)
   pipeline: str = "tf"            # data.pipeline of every cell
+  # RandomResizedCrop scale of the linear probe and the fine-tunings, where it differs from
+  # pre-training's ``crop_scale``; (1.0, 1.0): no crop (the whole image, flipped or not, as
+  # evaluation sees it)
+  protocol_crop_scale: Optional[tuple] = None
   # fine-tuning with MAE's regularizers (mixup, cutmix, RandAugment, random erasing), made for
   # ~100 epochs; False: crop + flip only (label smoothing, drop path, layer decay kept)
   finetune_mix_aug: bool = True
@@ -78,15 +82,19 @@ def _rows():
       ("mixmim_vit", "MixMIM (plain ViT, ours)", "vit", ("mixmim_digits", "encoder=vit"), every,
        [0]),
       ("mlo_mae", "MLO-MAE (finite differences)", "vit", ("mlo_mae_digits", None), every, [0]),
-      ("random_vit", "ViT, random init", "vit", None, ["linear_probe", "knn"], [0]),
+      # the baselines: no encoder at all (the pixels themselves: kNN has no seed, the probe's
+      # seed only orders its batches), the encoders at random init (3 seeds: their probe moves
+      # ~3 points with the init) and the ViT trained from scratch
+      ("pixels", "raw pixels (no encoder)", "pixels", None, ["linear_probe", "knn"], [0]),
+      ("random_vit", "ViT, random init", "vit", None, ["linear_probe", "knn"], [0, 1, 2]),
       ("random_hierarchical", "hierarchical, random init", "hierarchical", None,
-       ["linear_probe", "knn"], [0]),
+       ["linear_probe", "knn"], [0, 1, 2]),
       ("supervised", "ViT from scratch (supervised)", "vit", None, ["finetune", "finetune10"],
        [0, 1, 2]),
       # SimMIM's ViT differs from the plain one (no absolute position table, a relative position
       # bias, layer scale): its own baselines
       ("random_simmim_vit", "SimMIM's ViT, random init", "vit", None, ["linear_probe", "knn"],
-       [0]),
+       [0, 1, 2]),
       ("supervised_simmim_vit", "SimMIM's ViT from scratch (supervised)", "vit", None,
        ["finetune", "finetune10"], [0]),
   )
@@ -222,12 +230,17 @@ def data(c, setup: Setup):
 
 
 def encoder(m, setup: Setup, family: str = "vit"):
-  """The setup's encoder of a family (``vit`` or ``hierarchical``) in the model config ``m``."""
+  """The setup's encoder of a family (``vit``, ``hierarchical`` or ``pixels``: none) in the
+  model config ``m``."""
+  if family == "pixels":
+    m.encoder = "pixels"
+    return m
   if family == "hierarchical":
     m.encoder, m.variant = "hierarchical", setup.hierarchical
     return m
   if family != "vit":
-    raise ValueError(f"league encoder family must be 'vit' or 'hierarchical', got {family!r}")
+    raise ValueError(f"league encoder family must be 'vit', 'hierarchical' or 'pixels', got "
+                     f"{family!r}")
   m.encoder, m.variant = "vit", setup.vit_variant
   # the variant's own size unless the setup gives one (the base configs set the digits ViT's)
   m.width, m.depth, m.heads = setup.vit_size or (0, 0, 0)
@@ -335,6 +348,10 @@ def evaluation(setup: Setup, protocol: str, family: str, pretrained=None):
       c.model[key] = pretrained[key]
     if method == "finetune" and c.model.rel_pos == "shared":
       c.model.rel_pos = "per_block"   # SimMIM's fine-tuning: each block's copy of the shared one
+  if setup.protocol_crop_scale is not None:
+    c.data.crop_scale = tuple(setup.protocol_crop_scale)
+    if c.data.crop_scale == (1.0, 1.0):
+      c.data.crop_ratio = (1.0, 1.0)   # the whole image: no crop at all
   c.eval.split = "evaluation"
   c.eval.batch_size = setup.eval_batch
   c.eval.max_examples = 0
@@ -356,8 +373,10 @@ def evaluation(setup: Setup, protocol: str, family: str, pretrained=None):
     c.optimizer.blr = 6.4
     c.batch_size = setup.linear_probe_batch
     _steps(c, setup, setup.linear_probe_steps, setup.train_images)
+    # evaluated after every epoch too: the curve that shows whether the probe converged
+    c.eval.every_steps = min(setup.linear_probe_steps, setup.train_images // c.batch_size)
     return c
-  # fine-tuning, as configs/finetune_digits.py (with the setup's crop and flip)
+  # fine-tuning, as configs/finetune_digits.py (with the setup's protocol crop and flip)
   if not setup.finetune_mix_aug:
     c.model.mixup = c.model.cutmix = 0.0
     c.data.randaugment, c.data.random_erase = "", 0.0

@@ -4,6 +4,10 @@
       --dataset folder:runs/fashion_mnist --workdir runs/league_fashion_mnist
   python -m mim_jax.league ... --report            # rebuild the table from the workdirs
   python -m mim_jax.league ... --only mae,mae_amt --seeds 0   # some rows / seeds
+  python -m mim_jax.league ... --arg scale=10 --workdir runs/league_fashion_mnist_x10
+      # the league at 10x the budget: its own table and ledger, league_fashion_mnist_x10
+  python -m mim_jax.league --config configs/league_fashion_mnist.py --budget
+      # every scale's ledger in one table and figure (mim_jax.league.budget)
 
 A league config file is an ordinary config file (``get_config("row=R,protocol=P[,arg]")``, one
 cell's config) that also has ``league()``: the rows, each a dict with ``name``, ``label``,
@@ -291,25 +295,44 @@ def league_command(args) -> str:
       parts += [f"--{flag}", getattr(args, flag)]
   if os.path.normpath(args.results) != "results":
     parts += ["--results", args.results]
-  if args.name != default_name(args.config):
+  if args.name != default_name(args.config, args.arg):
     parts += ["--name", args.name]
   return " ".join(parts)
 
 
-def default_name(config_path: str) -> str:
-  return os.path.splitext(os.path.basename(config_path))[0].removeprefix("league_")
+def scale_of(arg: str) -> int:
+  """The ``scale=N`` of a league's ``--arg`` (1 without one)."""
+  for part in (arg or "").split(","):
+    key, _, value = part.partition("=")
+    if key.strip() == "scale":
+      try:
+        return int(value)
+      except ValueError:
+        raise SystemExit(f"--arg scale={value!r}: the scale must be a whole number") from None
+  return 1
+
+
+def default_name(config_path: str, arg: str = "") -> str:
+  """league_<name>: the config's name without ``league_``, ``_xN`` at ``scale=N`` (each scale
+  its own table and ledger: the budget axis, ``mim_jax.league.budget``)."""
+  name = os.path.splitext(os.path.basename(config_path))[0].removeprefix("league_")
+  scale = scale_of(arg)
+  return name if scale == 1 else f"{name}_x{scale}"
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="mim_jax.league", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", required=True, help="a league config file")
-  parser.add_argument("--workdir", required=True, help="one workdir per cell goes under it")
+  parser.add_argument("--workdir", default="",
+                      help="one workdir per cell goes under it (all but --budget need it)")
   parser.add_argument("--dataset", default="", help="config.dataset of every cell")
   parser.add_argument("--arg", default="", help="extra config argument, e.g. runlocal")
   parser.add_argument("--only", default="", help="comma-separated rows")
   parser.add_argument("--seeds", default="", help="comma-separated seeds (default: each row's)")
   parser.add_argument("--report", action="store_true", help="only rebuild the table")
+  parser.add_argument("--budget", action="store_true",
+                      help="only rebuild the budget table: every scale's ledger in --results")
   parser.add_argument("--results", default="results", help="where the table and figures go")
   parser.add_argument("--name", default="", help="league_<name>.md (default: the config's)")
   parser.add_argument("--hours", type=float, default=None,
@@ -317,8 +340,17 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   args.only = [r for r in args.only.split(",") if r]
   args.seeds = [int(s) for s in args.seeds.split(",") if s] or None
+  if args.budget:
+    from mim_jax.league import budget as league_budget
+    module = load_league(args.config)
+    paths = league_budget.write(module, module.league(), args.results,
+                                args.name or default_name(args.config), args.config)
+    print(f"budget table: {paths[0]}")
+    return 0
+  if not args.workdir:
+    parser.error("--workdir is required (but for --budget)")
   if not args.name:
-    args.name = default_name(args.config)
+    args.name = default_name(args.config, args.arg)
   if args.report:
     from mim_jax.league import report as league_report
     module = load_league(args.config)

@@ -232,7 +232,11 @@ class MIMAE(MAE):
     metrics = {"loss": loss, "loss/rec": l_rec, "loss/max": l_max, "loss/min": l_min,
                "mi/infonce_nats": mi.infonce_bound(l_max, b) if n > 1 else zero,
                "mi/club_nats": club, "mi/v_nll": v_nll,
-               "mi/club_on": club_on.astype(jnp.float32)}
+               "mi/club_on": club_on.astype(jnp.float32),
+               # z's scale (mean over dimensions of the std over the step's views): V's bounded
+               # variance makes mi/v_nll and mi/club_nats grow with it (benchmarks/mi_mae_club.py)
+               "mi/z_std": jnp.mean(jnp.std(jax.lax.stop_gradient(z).reshape(-1, z.shape[-1]),
+                                            axis=0))}
     return loss, (metrics, dict(extra, mi=mi_state))
 
   def reconstruct(self, params, images, rng):

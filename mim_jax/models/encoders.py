@@ -1,7 +1,9 @@
 """Encoders by name, for every method and evaluation protocol that needs one.
 
-``config.model.encoder`` picks the family: ``vit`` (plain ViT: MAE, SimMIM, ...) or
-``hierarchical`` (MixMIM's Swin-style encoder without shifted windows). ``build`` returns an
+``config.model.encoder`` picks the family: ``vit`` (plain ViT: MAE, SimMIM, ...),
+``hierarchical`` (MixMIM's Swin-style encoder without shifted windows) or, for the evaluation
+protocols only, ``pixels``: no encoder, the image itself as the feature (the raw-pixel baseline
+that a linear probe or kNN of any encoder is read against). ``build`` returns an
 ``EncoderSpec``: the Flax module plus what the evaluators and the optimizer need to know about it
 (how to pool it, its layer ids for layer-wise lr decay, which parameters exist only in
 pre-training or only in fine-tuning).
@@ -13,7 +15,7 @@ linear-probe or kNN run can take them from any pre-training checkpoint
 
 import dataclasses
 import re
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -28,7 +30,7 @@ from mim_jax.models.vit_encoder import ViTEncoder
 def encoder_config() -> dict:
   """The ``config.model`` keys that describe the encoder (shared by every method)."""
   return dict(
-      encoder="vit",        # vit | hierarchical
+      encoder="vit",        # vit | hierarchical | pixels (evaluation protocols: no encoder)
       variant="B/16",       # vit: SIZE/PATCH (tiny_test, Ti, S, B, L, H); hierarchical: SIZE
       width=0, depth=0, heads=0, mlp_ratio=4.0,    # vit: > 0 overrides the size's value
       # vit block / embedding options (MAE's defaults; SimMIM's ViT-B: none, shared, 0.1, qv, beit)
@@ -68,8 +70,8 @@ class EncoderSpec:
     return x.astype(self.module.dtype)
 
   def init(self, rng, images):
-    """The encoder's parameters, for images like ``images`` [B, H, W, C]."""
-    return self.module.init(rng, self.inputs(images))["params"]
+    """The encoder's parameters, for images like ``images`` [B, H, W, C] ({} for pixels)."""
+    return self.module.init(rng, self.inputs(images)).get("params", {})
 
   def apply(self, params, images, deterministic=True, rngs=None):
     """Tokens of whole images: [B, T, width] (ViT: [CLS] first)."""
@@ -112,14 +114,33 @@ def _vit_layer_id(depth):
   return layer_id
 
 
+class Pixels(nn.Module):
+  """No encoder: each image, flattened, is its one token ([B, 1, H * W * C])."""
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, deterministic: bool = True):
+    del deterministic
+    return images.reshape(images.shape[0], 1, -1).astype(self.dtype)
+
+
 def build(m, image_size: int, *, dtype=jnp.float32, drop_path_rate: float = 0.0,
-          learnable_pos: bool = False, final_norm: bool = True) -> EncoderSpec:
+          learnable_pos: bool = False, final_norm: bool = True,
+          pixels: bool = False) -> EncoderSpec:
   """The encoder ``m`` (a ``config.model``) describes, at ``image_size``.
 
   ``learnable_pos`` / ``final_norm`` / ``drop_path_rate`` are the fine-tuning options (ViT:
   position embedding as a parameter, no final LayerNorm under average pooling + fc_norm).
+  ``pixels``: the caller takes ``encoder='pixels'`` (the evaluation protocols; no pre-training
+  method has anything to train in it).
   """
   family = m.get("encoder", "vit")
+  if family == "pixels":
+    if not pixels:
+      raise ValueError("model.encoder='pixels' (no encoder: the raw-pixel baseline) is for the "
+                       "evaluation protocols (linear_probe, knn, finetune), not for pre-training")
+    # width: H * W * channels, known once images arrive (nothing here reads it)
+    return EncoderSpec(Pixels(dtype=dtype), "pixels", 0, 0, 0, lambda path: 0, 0, ("avg",))
   if m.get("attention", "auto") not in ATTENTION_IMPLS:
     raise ValueError(f"model.attention must be one of {ATTENTION_IMPLS}, got {m.attention!r}")
   if family == "vit":
@@ -167,7 +188,8 @@ def build(m, image_size: int, *, dtype=jnp.float32, drop_path_rate: float = 0.0,
     return EncoderSpec(module, "hierarchical", embed * 2 ** (len(depths) - 1), 0, num,
                        lambda path: hierarchical.layer_id(path, depths), num, ("avg",),
                        pretrain_only=(r"mask_token",))
-  raise ValueError(f"model.encoder must be 'vit' or 'hierarchical', got {family!r}")
+  raise ValueError(f"model.encoder must be 'vit', 'hierarchical' or (evaluation protocols) "
+                   f"'pixels', got {family!r}")
 
 
 def matches(name: str, patterns) -> bool:

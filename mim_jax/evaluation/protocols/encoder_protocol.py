@@ -50,4 +50,4 @@ class EncoderProtocol(Method):
 
 def build_encoder(config, **options):
   return encoders.build(config.model, config.image_size,
-                        dtype=compute_dtype(config.compute_dtype), **options)
+                        dtype=compute_dtype(config.compute_dtype), pixels=True, **options)
