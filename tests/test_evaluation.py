@@ -271,15 +271,12 @@ def test_ema_and_extra_state_in_the_step():
 
 
 # --------------------------------------------------------------------------------------------
-def test_finetune_on_the_hierarchical_encoder(tmp_path):
-  """MixMIM's fine-tune recipe (runlocal: tiny hierarchical encoder, 32 px) on digits: MixMIM's
-  layer ids (head and final norm at num_layers: scale decay ** 1), a few steps, top-1 logged."""
+def test_finetune_layer_ids_on_the_hierarchical_encoder():
+  """MixMIM's fine-tune recipe (runlocal: tiny hierarchical encoder, 32 px): MixMIM's layer ids
+  (head and final norm at num_layers: scale decay ** 1). (Its end-to-end run, 3 steps, was
+  trimmed 2026-12-07 for the suite's time: the hierarchical encoder trains end to end in
+  test_mixmim.py, and the fine-tuning pipeline in the ViT tests here.)"""
   c = config_lib.load(os.path.join(ROOT, "configs", "finetune_mixmim_imagenet.py:runlocal"))
-  for key, value in {"dataset": "digits", "data.mean": "(0.5,)", "data.std": "(0.5,)",
-                     "data.eval_crop_pct": "1.0", "eval.split": "test", "total_steps": "3",
-                     "eval.every_steps": "3", "eval.max_examples": "32",
-                     "checkpoint.every_steps": "3"}.items():
-    config_lib.override(c, key, value)
   method = methods.get("finetune")(c, 1, num_classes=10)
   params = jax.eval_shape(method.init, jax.random.key(0))
   ids, num_layers = method.layer_ids(params)
@@ -288,5 +285,3 @@ def test_finetune_on_the_hierarchical_encoder(tmp_path):
   assert ids["encoder"]["patch_embed"]["kernel"] == 0
   assert ids["encoder"]["stage_1"]["block_0"]["attn"]["qkv"]["kernel"] == 2
   assert ids["encoder"]["stage_0"]["merge"]["reduction"]["kernel"] == 2   # with the next stage
-  out = train.train_and_evaluate(c, str(tmp_path / "mixmim_ft"))
-  assert 0.0 <= out["eval/top1"] <= out["eval/top5"] <= 1.0 and out["eval/examples"] == 32
