@@ -157,8 +157,9 @@ def figure(plt, module, rows, gathered: dict):
   setup = getattr(module, "SETUP", None)
   per_scale = setup.pretrain_images if setup is not None else 1
   protocols = league_report.table_protocols(rows)
-  fig, axes = plt.subplots(1, len(protocols), figsize=(4.4 * len(protocols) + 3.0, 4.6),
-                           sharey=True, squeeze=False)
+  fig, axes = plt.subplots(1, len(protocols), figsize=(4.4 * len(protocols), 5.4),
+                           sharex=True, sharey=True, squeeze=False)
+  xs_all = [s * per_scale for s in gathered]
   colours = plt.get_cmap("tab20")
   for ax, protocol in zip(axes[0], protocols):
     for i, row in enumerate(rows):
@@ -177,6 +178,7 @@ def figure(plt, module, rows, gathered: dict):
                     markersize=4, color=style["color"],
                     markerfacecolor=style["color"] if many else "white")
     ax.set_xscale("log")
+    ax.set_xlim(min(xs_all) / 1.6, max(xs_all) * 1.6)
     ax.set_ylim(0.0, 1.0)
     ax.set_title(league_report.NAMES.get(protocol, protocol), fontsize=10)
     ax.set_xlabel("images of pre-training (log)", fontsize=8)
@@ -188,8 +190,9 @@ def figure(plt, module, rows, gathered: dict):
       if l not in labels:
         handles.append(h)
         labels.append(l)
-  fig.legend(handles, labels, loc="center right", fontsize=7, frameon=False)
-  fig.tight_layout(rect=(0, 0, 0.8, 1))
+  fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=7,
+             frameon=False)
+  fig.tight_layout(rect=(0, 0.04 * (1 + (len(labels) - 1) // 4), 1, 1))
   return fig
 
 
